@@ -1,0 +1,165 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/internal/vcs"
+	"github.com/layerfs/layerfs/oci"
+)
+
+type commitCmd struct {
+	Upper           string   `required:"" placeholder:"DIR" help:"Layer dir whose delta becomes the layer: an overlayfs, fuse-overlayfs or layerfs upper, or a plain dir."`
+	Lower           []string `placeholder:"DIR" sep:"none" help:"Layer dir beneath the upper, base first (repeatable). Without it the lower view is listed from the image's layer tars."`
+	Image           string   `required:"" placeholder:"oci:DIR[:TAG]" help:"Output image. An existing tag is appended to; a new layout's tag defaults to latest."`
+	Base            string   `placeholder:"REF" help:"Image to start from when --image does not exist yet (oci: or oci-archive:)."`
+	Compression     string   `enum:"gzip,zstd,none" default:"gzip" help:"Layer compression: gzip, zstd or none."`
+	Threads         int      `help:"Compression threads (default: all CPUs). The output does not depend on it."`
+	SourceDateEpoch string   `name:"source-date-epoch" placeholder:"N" help:"Clamp mtimes to N (seconds since 1970) and date the image with it. Default: $SOURCE_DATE_EPOCH."`
+	OpaqueMarkers   bool     `help:"Write re-created dirs as .wh..wh..opq markers instead of explicit whiteouts."`
+
+	Entrypoint []string `sep:"none" placeholder:"ARG" help:"Entrypoint, exec form, one --entrypoint per word; '' clears it. Without --cmd the inherited Cmd is dropped."`
+	Cmd        []string `sep:"none" placeholder:"ARG" help:"Cmd, exec form, one --cmd per word; '' clears it."`
+	Env        []string `sep:"none" placeholder:"K=V" help:"Environment variable (repeatable); replaces the same key."`
+	Label      []string `sep:"none" placeholder:"K=V" help:"Label (repeatable); replaces the same key."`
+	Port       []string `sep:"none" placeholder:"PORT[/PROTO]" help:"Exposed port such as 80/tcp (repeatable)."`
+	User       *string  `help:"User the container runs as."`
+	Workdir    *string  `help:"Working directory."`
+	StopSignal *string  `help:"Stop signal, e.g. SIGTERM."`
+	OS         string   `name:"os" help:"Image OS (default: inherited, else linux)."`
+	Arch       string   `help:"Image architecture (default: inherited, else this machine's)."`
+	Variant    string   `help:"Architecture variant, e.g. v7."`
+	Author     string   `help:"Image author."`
+	Created    string   `placeholder:"RFC3339" help:"Creation date of the image and its history entry (default: the source date epoch, else now)."`
+	History    string   `placeholder:"COMMENT" help:"Comment of the layer's history entry."`
+	AutoLabels bool     `help:"Set org.opencontainers.image.revision and .ref.name from the git checkout of the working dir, and .created from the build date."`
+
+	JSON bool `name:"json" help:"Print the result as one JSON object."`
+}
+
+func (c *commitCmd) Run(e *env) error {
+	opts, err := c.options(e)
+	if err != nil {
+		return err
+	}
+	res, err := oci.Commit(e.ctx, opts)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		return json.NewEncoder(e.stdout).Encode(map[string]any{
+			"digest":     res.Layer.Descriptor.Digest,
+			"diff_id":    res.Layer.DiffID,
+			"size":       res.Layer.Descriptor.Size,
+			"media_type": res.Layer.Descriptor.MediaType,
+			"entries":    res.Layer.Entries,
+			"manifest":   res.Manifest.Digest,
+			"image":      res.Image.String(),
+			"layers":     res.Layers,
+		})
+	}
+	fmt.Fprintf(e.stdout, "digest   %s\ndiff_id  %s\nsize     %d\nimage    %s (%d layers, manifest %s)\n",
+		res.Layer.Descriptor.Digest, res.Layer.DiffID, res.Layer.Descriptor.Size, res.Image, res.Layers, res.Manifest.Digest)
+	return nil
+}
+
+// options turns flags into commit options, rejecting bad input before
+// anything is read or written.
+func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
+	opts := oci.CommitOptions{Upper: c.Upper, Lowers: c.Lower, History: c.History}
+	var err error
+	if opts.Image, err = oci.ParseReference(c.Image); err != nil {
+		return opts, err
+	}
+	if c.Base != "" {
+		base, err := oci.ParseReference(c.Base)
+		if err != nil {
+			return opts, err
+		}
+		opts.Base = &base
+	}
+	if opts.Layer.Compression, err = oci.ParseCompression(c.Compression); err != nil {
+		return opts, inputerr.Wrap(err)
+	}
+	opts.Layer.Threads = c.Threads
+	opts.Layer.OpaqueMarkers = c.OpaqueMarkers
+	opts.Layer.Warn = e.warn
+	if opts.Layer.SourceDateEpoch, err = sourceDateEpoch(c.SourceDateEpoch); err != nil {
+		return opts, err
+	}
+	if c.Created != "" {
+		t, err := time.Parse(time.RFC3339, c.Created)
+		if err != nil {
+			return opts, inputerr.New("--created %q: want an RFC 3339 date such as 2024-01-02T15:04:05Z", c.Created)
+		}
+		opts.Created = &t
+	}
+	ch := &opts.Config
+	ch.Entrypoint, ch.Cmd = execForm(c.Entrypoint), execForm(c.Cmd)
+	ch.Env, ch.Ports = c.Env, c.Port
+	ch.User, ch.WorkingDir, ch.StopSignal = c.User, c.Workdir, c.StopSignal
+	ch.OS, ch.Arch, ch.Variant, ch.Author = c.OS, c.Arch, c.Variant, c.Author
+	for _, kv := range c.Label {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return opts, inputerr.New("--label %q: want KEY=VALUE", kv)
+		}
+		if ch.Labels == nil {
+			ch.Labels = map[string]string{}
+		}
+		ch.Labels[k] = v
+	}
+	if c.AutoLabels {
+		if ch.Labels == nil {
+			ch.Labels = map[string]string{}
+		}
+		created := time.Now().UTC()
+		if opts.Created != nil {
+			created = *opts.Created
+		} else if opts.Layer.SourceDateEpoch != nil {
+			created = *opts.Layer.SourceDateEpoch
+		}
+		ch.Labels["org.opencontainers.image.created"] = created.UTC().Format(time.RFC3339)
+		wd, _ := os.Getwd()
+		rev, branch := vcs.Git(e.ctx, wd)
+		if rev == "" {
+			e.warn("--auto-labels: the working dir is not in a git checkout; no revision label")
+		} else {
+			ch.Labels["org.opencontainers.image.revision"] = rev
+		}
+		if branch != "" {
+			ch.Labels["org.opencontainers.image.ref.name"] = branch
+		}
+	}
+	return opts, ch.Validate()
+}
+
+// execForm maps a single empty word to "clear" (an empty, non-nil list).
+func execForm(words []string) []string {
+	if len(words) == 1 && words[0] == "" {
+		return []string{}
+	}
+	return words
+}
+
+// sourceDateEpoch reads the flag, else $SOURCE_DATE_EPOCH.
+func sourceDateEpoch(flag string) (*time.Time, error) {
+	what, v := "--source-date-epoch", flag
+	if v == "" {
+		what, v = "SOURCE_DATE_EPOCH", os.Getenv("SOURCE_DATE_EPOCH")
+	}
+	if v == "" {
+		return nil, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return nil, inputerr.New("%s %q: want seconds since 1970", what, v)
+	}
+	t := time.Unix(n, 0).UTC()
+	return &t, nil
+}

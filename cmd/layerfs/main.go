@@ -1,0 +1,81 @@
+// Command layerfs builds multi-layer OCI images from root filesystems
+// without copying them around.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/layerfs/layerfs/internal/inputerr"
+)
+
+// cli is the command tree; one file per verb.
+type cli struct {
+	Commit commitCmd `cmd:"" help:"Turn an overlay upper dir into one OCI layer on top of an image."`
+}
+
+// env is what every verb gets to run with.
+type env struct {
+	ctx    context.Context
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func (e *env) warn(msg string) { fmt.Fprintf(e.stderr, "layerfs: warning: %s\n", msg) }
+
+// Exit statuses (DESIGN.md): 1 the work failed, 2 bad input.
+const (
+	exitFailure  = 1
+	exitBadInput = 2
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var c cli
+	exitCode := -1
+	parser, err := kong.New(&c,
+		kong.Name("layerfs"),
+		kong.Description("Build multi-layer OCI images from root filesystems without copying them."),
+		kong.UsageOnError(),
+		kong.Writers(stdout, stderr),
+		// --help exits 0 through here; kong's own usage exit (80) is not used.
+		kong.Exit(func(code int) { exitCode = code }),
+	)
+	if err != nil {
+		fmt.Fprintf(stderr, "layerfs: %v\n", err)
+		return exitFailure
+	}
+	kctx, err := parser.Parse(args)
+	if exitCode >= 0 {
+		return exitCode
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "layerfs: %v\n", err)
+		return exitBadInput
+	}
+	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
+	if err := kctx.Run(e); err != nil {
+		fmt.Fprintf(stderr, "layerfs %s: %v\n", kctx.Command(), err)
+		if inputerr.Is(err) {
+			return exitBadInput
+		}
+		if errors.Is(err, context.Canceled) {
+			return 130
+		}
+		return exitFailure
+	}
+	return 0
+}

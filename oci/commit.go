@@ -1,0 +1,280 @@
+package oci
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/overlay"
+)
+
+// CommitOptions describe one `layerfs commit`.
+type CommitOptions struct {
+	// Upper is the layer dir whose delta becomes the new layer.
+	Upper string
+	// Lowers are the layer dirs beneath Upper, base first. Without them the
+	// lower view is listed from the parent image's layer tars.
+	Lowers []string
+	// Image is the output, an oci: reference. An existing tag is appended to.
+	Image Reference
+	// Base is the image to start from when Image does not exist yet.
+	Base *Reference
+	Layer  LayerOptions
+	Config ConfigChanges
+	// Created dates the config and the history entry; the default is the
+	// source date epoch, else now.
+	Created *time.Time
+	History string
+}
+
+// CommitResult describes a committed layer and the image it now tops.
+type CommitResult struct {
+	Layer    Layer
+	Manifest v1.Descriptor
+	Image    Reference
+	// Layers is the number of layers of the image.
+	Layers int
+}
+
+// Commit turns the upper into a layer on top of the image opts.Image names
+// (or of opts.Base, or of nothing) and points the tag at the result. It
+// checks all input before writing anything; on any failure the layout is
+// left as it was.
+func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err error) {
+	if err := checkDir(opts.Upper, "upper"); err != nil {
+		return res, err
+	}
+	for _, l := range opts.Lowers {
+		if err := checkDir(l, "lower"); err != nil {
+			return res, err
+		}
+	}
+	if opts.Image.Transport != TransportOCI {
+		return res, inputerr.New("--image %s: commit writes oci: layouts only", opts.Image)
+	}
+	if err := opts.Config.Validate(); err != nil {
+		return res, err
+	}
+	out := opts.Image
+
+	// An existing layout is locked before its index is read, so that
+	// concurrent commits to it queue instead of losing each other's tags.
+	exists, err := layoutExists(out)
+	if err != nil {
+		return res, err
+	}
+	dir := out.Path
+	if !exists {
+		// A new layout is built beside its final place and renamed into
+		// it, so a failure leaves no directory behind.
+		parentDir := filepath.Dir(filepath.Clean(out.Path))
+		if err := os.MkdirAll(parentDir, 0o755); err != nil {
+			return res, err
+		}
+		if dir, err = os.MkdirTemp(parentDir, tmpPrefix); err != nil {
+			return res, err
+		}
+		defer os.RemoveAll(dir) // after the final rename there is nothing left to remove
+	}
+	lay, err := CreateLayout(dir)
+	if err != nil {
+		return res, err
+	}
+	defer lay.Close()
+	defer func() {
+		if err != nil {
+			lay.Abort()
+		}
+	}()
+
+	// The parent: the image at the output tag, else the base, else none.
+	var parent *Image
+	if exists {
+		if parent, err = openTag(out); err != nil {
+			return res, err
+		}
+	}
+	if parent != nil {
+		defer parent.Close()
+		if opts.Base != nil {
+			return res, inputerr.New("--base %s: %s already exists; commit appends to it, so drop --base or name a new tag", opts.Base, parent.Ref)
+		}
+		out.Tag = parent.Ref.Tag
+		if out.Tag == "" {
+			out.Tag = parent.ManifestDesc.Annotations[v1.AnnotationRefName]
+		}
+	} else if opts.Base != nil {
+		if parent, err = OpenImage(*opts.Base); err != nil {
+			return res, err
+		}
+		defer parent.Close()
+	}
+	if out.Tag == "" {
+		out.Tag = "latest"
+	}
+
+	var lower overlay.Lower = overlay.Empty{}
+	switch {
+	case len(opts.Lowers) > 0:
+		lower = overlay.NewStack(opts.Lowers...)
+	case parent != nil:
+		if lower, err = ListImage(ctx, parent); err != nil {
+			return res, err
+		}
+	}
+
+	var layer Layer
+	if _, err = lay.WriteBlob(func(w io.Writer) (digest.Digest, error) {
+		layer, err = WriteLayer(ctx, w, opts.Upper, lower, opts.Layer)
+		return layer.Descriptor.Digest, err
+	}); err != nil {
+		return res, fmt.Errorf("commit %s: %w", opts.Upper, err)
+	}
+
+	var manifest v1.Manifest
+	var cfg config
+	if parent != nil {
+		manifest.Layers = append(manifest.Layers, parent.Manifest.Layers...)
+		if cfg, err = parseConfig(parent.RawConfig); err != nil {
+			return res, fmt.Errorf("%s: config: %w", parent.Ref, err)
+		}
+		if parent.Ref.Path != out.Path || parent.Ref.Transport != TransportOCI {
+			for _, l := range manifest.Layers {
+				if err := lay.CopyBlob(l.Digest, parent.src.File(l.Digest), func() (io.ReadCloser, error) { return parent.src.Open(l.Digest) }); err != nil {
+					return res, fmt.Errorf("copy %s from %s: %w", l.Digest, parent.Ref, err)
+				}
+			}
+		}
+	} else {
+		cfg = config{}
+		cfg.set("os", "linux")
+		cfg.set("architecture", runtime.GOARCH)
+	}
+	manifest.Layers = append(manifest.Layers, layer.Descriptor)
+
+	created := time.Now().UTC().Truncate(time.Second)
+	switch {
+	case opts.Created != nil:
+		created = opts.Created.UTC()
+	case opts.Layer.SourceDateEpoch != nil:
+		created = opts.Layer.SourceDateEpoch.UTC()
+	}
+	cfg.appendLayer(layer.DiffID, created, opts.History, &opts.Config)
+	rawCfg, err := cfg.marshal()
+	if err != nil {
+		return res, err
+	}
+	if manifest.Config, err = lay.PutBlob(v1.MediaTypeImageConfig, rawCfg); err != nil {
+		return res, err
+	}
+	manifest.SchemaVersion = 2
+	manifest.MediaType = v1.MediaTypeImageManifest
+	if opts.Base != nil && parent != nil {
+		manifest.Annotations = map[string]string{
+			v1.AnnotationBaseImageDigest: parent.ManifestDesc.Digest.String(),
+			v1.AnnotationBaseImageName:   opts.Base.String(),
+		}
+	}
+	rawManifest, err := json.Marshal(manifest)
+	if err != nil {
+		return res, err
+	}
+	mdesc, err := lay.PutBlob(v1.MediaTypeImageManifest, rawManifest)
+	if err != nil {
+		return res, err
+	}
+	osName, arch, variant := cfg.platform()
+	mdesc.Platform = &v1.Platform{OS: osName, Architecture: arch, Variant: variant}
+	mdesc.Annotations = map[string]string{v1.AnnotationRefName: out.Tag}
+
+	idx, err := lay.ReadIndex()
+	if err != nil {
+		return res, err
+	}
+	kept := idx.Manifests[:0]
+	for _, m := range idx.Manifests {
+		if m.Annotations[v1.AnnotationRefName] != out.Tag {
+			kept = append(kept, m)
+		}
+	}
+	idx.Manifests = append(kept, mdesc)
+	idx.Versioned = specs.Versioned{SchemaVersion: 2}
+	if err = lay.WriteIndex(idx); err != nil {
+		return res, err
+	}
+	if !exists {
+		if err = os.Rename(dir, out.Path); err != nil {
+			return res, fmt.Errorf("create %s: %w", out.Path, err)
+		}
+		if err = syncDir(filepath.Dir(filepath.Clean(out.Path))); err != nil {
+			return res, err
+		}
+	}
+	return CommitResult{Layer: layer, Manifest: mdesc, Image: out, Layers: len(manifest.Layers)}, nil
+}
+
+// layoutExists reports whether ref names an existing OCI layout. An empty
+// directory counts as absent; anything else is bad input.
+func layoutExists(ref Reference) (bool, error) {
+	st, err := os.Stat(ref.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, inputerr.Wrap(fmt.Errorf("--image %s: %w", ref, err))
+	}
+	if !st.IsDir() {
+		return false, inputerr.New("--image %s: %s is not a directory", ref, ref.Path)
+	}
+	if _, err := os.Stat(filepath.Join(ref.Path, v1.ImageLayoutFile)); err == nil {
+		return true, nil
+	}
+	if ents, _ := os.ReadDir(ref.Path); len(ents) > 0 {
+		return false, inputerr.New("--image %s: %s is neither an OCI image layout nor empty", ref, ref.Path)
+	}
+	return false, nil
+}
+
+// openTag opens the image at ref in an existing layout, or returns nil
+// when the tag (or, without a tag, any image) is not there yet.
+func openTag(ref Reference) (*Image, error) {
+	idx, err := readIndexFile(filepath.Join(ref.Path, v1.ImageIndexFile))
+	if err != nil {
+		return nil, inputerr.Wrap(fmt.Errorf("--image %s: %w", ref, err))
+	}
+	if ref.Tag == "" && len(idx.Manifests) == 0 {
+		return nil, nil
+	}
+	if ref.Tag != "" {
+		if _, err := FindTag(ref, idx); err != nil {
+			return nil, nil
+		}
+	}
+	return OpenImage(ref)
+}
+
+func checkDir(p, what string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return inputerr.New("%s %s: does not exist", what, p)
+		}
+		return inputerr.Wrap(fmt.Errorf("%s %s: %w", what, p, err))
+	}
+	if !st.IsDir() {
+		return inputerr.New("%s %s: not a directory", what, p)
+	}
+	return nil
+}

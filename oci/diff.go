@@ -1,0 +1,380 @@
+package oci
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/overlay"
+)
+
+// scope says what the lower holds beneath the directory being walked, from
+// the point of view of an applier that applies this layer over it.
+type scope int
+
+const (
+	// scopeMerge: the lower's children stay unless whited out.
+	scopeMerge scope = iota
+	// scopeExclusive: the upper re-created the directory (opaque), so every
+	// lower child the upper lacks needs an explicit whiteout (rule 5).
+	scopeExclusive
+	// scopeEmpty: the applier will have nothing here from the lower, either
+	// because the lower has nothing or because this layer replaces it.
+	scopeEmpty
+)
+
+type fileID struct{ dev, ino uint64 }
+
+type pendingDir struct {
+	name    string
+	meta    *overlay.Meta
+	written bool
+}
+
+// differ turns an upper dir into layer tar entries, following DESIGN.md's
+// layer tar rules. The walk is depth-first with names sorted bytewise, so
+// parents precede children and the output depends only on the trees.
+type differ struct {
+	ctx     context.Context
+	tw      *tar.Writer
+	lower   overlay.Lower
+	opts    LayerOptions
+	epoch   time.Time // whiteout date
+	pending []pendingDir
+	links   map[fileID]string // first path of each upper hardlink group
+	buf     []byte
+	entries int
+}
+
+func writeDiff(ctx context.Context, w io.Writer, upper string, lower overlay.Lower, opts LayerOptions) (int, error) {
+	st, err := os.Stat(upper)
+	if err != nil {
+		return 0, err
+	}
+	if !st.IsDir() {
+		return 0, fmt.Errorf("%s: not a directory", upper)
+	}
+	d := &differ{
+		ctx:   ctx,
+		tw:    tar.NewWriter(w),
+		lower: lower,
+		opts:  opts,
+		epoch: time.Unix(0, 0),
+		links: map[fileID]string{},
+		buf:   make([]byte, 256<<10),
+	}
+	if opts.SourceDateEpoch != nil {
+		d.epoch = *opts.SourceDateEpoch
+	}
+	root, err := lower.Lookup("")
+	if err != nil {
+		return 0, err
+	}
+	if err := d.walkDir("", upper, scopeMerge, false, root.IsDir()); err != nil {
+		return 0, err
+	}
+	if err := d.tw.Close(); err != nil {
+		return 0, err
+	}
+	return d.entries, nil
+}
+
+// walkDir emits the delta of the upper directory abs, at layer path rel.
+func (d *differ) walkDir(rel, abs string, sc scope, opaque, lowerIsDir bool) error {
+	if err := d.ctx.Err(); err != nil {
+		return err
+	}
+	entries, marker, err := overlay.ReadDir(abs)
+	if err != nil {
+		return err
+	}
+	opaque = opaque || marker
+	switch {
+	case sc == scopeEmpty:
+	case !lowerIsDir:
+		sc = scopeEmpty
+	case opaque && d.opts.OpaqueMarkers:
+		if err := d.whiteout(overlay.Join(rel, overlay.OpaqueMarker)); err != nil {
+			return err
+		}
+		sc = scopeEmpty
+	case opaque:
+		sc = scopeExclusive
+	}
+
+	// Whiteouts first in each directory (the image spec's SHOULD), and only
+	// for names the lower really has (rule 6).
+	switch sc {
+	case scopeExclusive:
+		names, err := d.lower.Names(rel)
+		if err != nil {
+			return err
+		}
+		present := make(map[string]bool, len(entries))
+		for _, e := range entries {
+			if !e.Whiteout {
+				present[e.Name] = true
+			}
+		}
+		for _, n := range names {
+			if !present[n] {
+				if err := d.whiteout(overlay.Join(rel, overlay.WhiteoutPrefix+n)); err != nil {
+					return err
+				}
+			}
+		}
+	case scopeMerge:
+		for _, e := range entries {
+			if !e.Whiteout {
+				continue
+			}
+			m, err := d.lower.Lookup(overlay.Join(rel, e.Name))
+			if err != nil {
+				return err
+			}
+			if m != nil {
+				if err := d.whiteout(overlay.Join(rel, overlay.WhiteoutPrefix+e.Name)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+
+	for i := range entries {
+		e := &entries[i]
+		if e.Whiteout {
+			continue
+		}
+		if err := d.entry(rel, abs, e, sc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *differ) entry(rel, abs string, e *overlay.Entry, sc scope) error {
+	p := overlay.Join(rel, e.Name)
+	ap := filepath.Join(abs, e.Name)
+	m := &e.Meta
+	var lm *overlay.Meta
+	if sc != scopeEmpty {
+		var err error
+		if lm, err = d.lower.Lookup(p); err != nil {
+			return err
+		}
+	}
+	switch m.Type {
+	case overlay.TypeDir:
+		d.pending = append(d.pending, pendingDir{name: p + "/", meta: m})
+		if lm == nil || !d.sameMeta(m, lm) {
+			if err := d.flush(); err != nil {
+				return err
+			}
+		}
+		err := d.walkDir(p, ap, sc, e.Opaque, lm.IsDir())
+		d.pending = d.pending[:len(d.pending)-1]
+		return err
+	case overlay.TypeSocket:
+		if d.opts.Warn != nil {
+			d.opts.Warn(fmt.Sprintf("skipping socket %s: a layer cannot hold one", ap))
+		}
+		return nil
+	}
+	if m.Nlink > 1 {
+		// Every name of an upper hardlink group is emitted, the first in
+		// walk order as the file and the rest as links to it (rule 7):
+		// dropping a name as unchanged would leave a link to nothing.
+		id := fileID{m.Dev, m.Ino}
+		if first, ok := d.links[id]; ok {
+			// The link carries the file's full metadata: containerd and
+			// moby chown, chmod and set times on the link path, which is
+			// the shared inode, so zeros here would reset the file.
+			hdr := d.header(p, m)
+			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
+			return d.write(hdr, "", nil)
+		}
+		d.links[id] = p
+		return d.emit(p, ap, m)
+	}
+	if lm != nil && d.sameMeta(m, lm) {
+		if m.Type != overlay.TypeReg {
+			return nil
+		}
+		same, err := d.lower.SameContent(p, ap)
+		if err != nil {
+			return err
+		}
+		if same {
+			return nil // a spurious copy-up (rule 12)
+		}
+	}
+	return d.emit(p, ap, m)
+}
+
+// sameMeta reports whether an upper object adds nothing over the lower one
+// at the same path, content aside. mtime only counts when no epoch clamps it.
+func (d *differ) sameMeta(m, lm *overlay.Meta) bool {
+	if m.Type != lm.Type || m.Mode != lm.Mode || m.UID != lm.UID || m.GID != lm.GID ||
+		m.Size != lm.Size || m.Link != lm.Link || m.Major != lm.Major || m.Minor != lm.Minor {
+		return false
+	}
+	if d.opts.SourceDateEpoch == nil && m.Mtime.Unix() != lm.Mtime.Unix() {
+		return false
+	}
+	return sameLayerXattrs(m.Xattrs, lm.Xattrs)
+}
+
+func sameLayerXattrs(a, b map[string]string) bool {
+	n := 0
+	for k, v := range a {
+		if !layerXattr(k) {
+			continue
+		}
+		n++
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	for k := range b {
+		if layerXattr(k) {
+			n--
+		}
+	}
+	return n == 0
+}
+
+// layerXattr is the allowlist of xattrs a layer carries (rule 8): file
+// capabilities, POSIX ACLs, and user.* and trusted.* names that are not
+// union bookkeeping. security.selinux and the like belong to the host.
+func layerXattr(name string) bool {
+	switch name {
+	case "security.capability", "system.posix_acl_access", "system.posix_acl_default":
+		return true
+	}
+	return (strings.HasPrefix(name, "user.") || strings.HasPrefix(name, "trusted.")) &&
+		!overlay.IsInternalXattr(name)
+}
+
+// flush writes the headers of directories whose entries are about to be
+// written, parents first (rule 1), carrying their real metadata.
+func (d *differ) flush() error {
+	for i := range d.pending {
+		pd := &d.pending[i]
+		if pd.written {
+			continue
+		}
+		pd.written = true
+		if err := d.writeEntry(d.header(pd.name, pd.meta), "", nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *differ) whiteout(name string) error {
+	return d.write(&tar.Header{Typeflag: tar.TypeReg, Name: name, ModTime: d.epoch}, "", nil)
+}
+
+func (d *differ) emit(name, path string, m *overlay.Meta) error {
+	return d.write(d.header(name, m), path, m)
+}
+
+func (d *differ) header(name string, m *overlay.Meta) *tar.Header {
+	hdr := &tar.Header{
+		Name:    name,
+		Mode:    int64(m.Mode),
+		Uid:     int(m.UID),
+		Gid:     int(m.GID),
+		ModTime: d.mtime(m.Mtime),
+	}
+	switch m.Type {
+	case overlay.TypeReg:
+		hdr.Typeflag, hdr.Size = tar.TypeReg, m.Size
+	case overlay.TypeDir:
+		hdr.Typeflag = tar.TypeDir
+	case overlay.TypeSymlink:
+		hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, m.Link
+	case overlay.TypeChar:
+		hdr.Typeflag = tar.TypeChar
+	case overlay.TypeBlock:
+		hdr.Typeflag = tar.TypeBlock
+	case overlay.TypeFifo:
+		hdr.Typeflag = tar.TypeFifo
+	}
+	if m.Type == overlay.TypeChar || m.Type == overlay.TypeBlock {
+		hdr.Devmajor, hdr.Devminor = int64(m.Major), int64(m.Minor)
+	}
+	for k, v := range m.Xattrs {
+		if layerXattr(k) {
+			if hdr.PAXRecords == nil {
+				hdr.PAXRecords = map[string]string{}
+			}
+			hdr.PAXRecords["SCHILY.xattr."+k] = v
+		}
+	}
+	return hdr
+}
+
+// mtime is whole seconds (sub-second times would add PAX records),
+// clamped to the epoch when one is set.
+func (d *differ) mtime(t time.Time) time.Time {
+	t = time.Unix(t.Unix(), 0)
+	if e := d.opts.SourceDateEpoch; e != nil && t.After(*e) {
+		return *e
+	}
+	return t
+}
+
+// write emits one entry. Every entry goes through here so that its
+// parents are always written first.
+func (d *differ) write(hdr *tar.Header, path string, m *overlay.Meta) error {
+	if err := d.flush(); err != nil {
+		return err
+	}
+	return d.writeEntry(hdr, path, m)
+}
+
+func (d *differ) writeEntry(hdr *tar.Header, path string, m *overlay.Meta) error {
+	hdr.Format = tar.FormatPAX
+	d.entries++
+	if err := d.tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("write %s: %w", hdr.Name, err)
+	}
+	if hdr.Typeflag != tar.TypeReg || hdr.Size == 0 {
+		return nil
+	}
+	return d.copyContent(path, m.Size)
+}
+
+var errChanged = errors.New("changed while being committed")
+
+func (d *differ) copyContent(path string, size int64) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOATIME, 0)
+	if err == unix.EPERM {
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	n, err := io.CopyBuffer(d.tw, io.LimitReader(f, size), d.buf)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if n != size {
+		return fmt.Errorf("%s: %w (shrank from %d to %d bytes)", path, errChanged, size, n)
+	}
+	if k, _ := f.Read(d.buf[:1]); k != 0 {
+		return fmt.Errorf("%s: %w (grew past %d bytes)", path, errChanged, size)
+	}
+	return nil
+}

@@ -1,0 +1,172 @@
+package oci
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"io"
+	"runtime"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/pgzip"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/layerfs/layerfs/overlay"
+)
+
+// Compression is how a layer blob is compressed.
+type Compression string
+
+const (
+	Gzip         Compression = "gzip"
+	Zstd         Compression = "zstd"
+	Uncompressed Compression = "none"
+)
+
+// ParseCompression accepts the names the CLI and specs use.
+func ParseCompression(s string) (Compression, error) {
+	switch Compression(s) {
+	case Gzip, Zstd, Uncompressed:
+		return Compression(s), nil
+	case "":
+		return Gzip, nil
+	}
+	return "", fmt.Errorf("unknown compression %q (want gzip, zstd or none)", s)
+}
+
+// MediaType is the OCI layer media type for c.
+func (c Compression) MediaType() string {
+	switch c {
+	case Zstd:
+		return v1.MediaTypeImageLayerZstd
+	case Uncompressed:
+		return v1.MediaTypeImageLayer
+	}
+	return v1.MediaTypeImageLayerGzip
+}
+
+// Fixed compression parameters: the compressed digest depends on them, so
+// they are part of the reproducibility promise and never vary with the
+// machine. The level matches gzip's and pigz's default.
+const (
+	gzipLevel     = 6
+	gzipBlockSize = 1 << 20
+	zstdLevel     = 3
+)
+
+// LayerOptions control how a layer dir becomes a layer.
+type LayerOptions struct {
+	Compression Compression
+	// Threads is the number of compression goroutines; 0 means GOMAXPROCS.
+	// The output does not depend on it.
+	Threads int
+	// SourceDateEpoch, when set, clamps every mtime to it and dates
+	// whiteouts with it.
+	SourceDateEpoch *time.Time
+	// OpaqueMarkers writes a recreated directory as .wh..wh..opq plus its
+	// new contents, instead of explicit whiteouts of the old contents.
+	// Explicit whiteouts are the default because go-containerregistry
+	// before v0.21.8 ignores opaque markers.
+	OpaqueMarkers bool
+	// Warn receives notes about skipped entries (sockets).
+	Warn func(msg string)
+}
+
+// Layer describes a written layer.
+type Layer struct {
+	Descriptor v1.Descriptor
+	DiffID     digest.Digest
+	// Entries counts the tar entries, whiteouts included.
+	Entries int
+}
+
+// WriteLayer writes the layer that turns lower into lower+upper to w:
+// a tar of upper's delta, compressed as opts say. It returns the blob's
+// descriptor and the uncompressed tar's digest.
+func WriteLayer(ctx context.Context, w io.Writer, upper string, lower overlay.Lower, opts LayerOptions) (Layer, error) {
+	if lower == nil {
+		lower = overlay.Empty{}
+	}
+	threads := opts.Threads
+	if threads <= 0 {
+		threads = runtime.GOMAXPROCS(0)
+	}
+	blob := &countingHash{h: sha256.New(), w: w}
+	var cw io.WriteCloser
+	switch opts.Compression {
+	case Gzip, "":
+		gz, err := pgzip.NewWriterLevel(blob, gzipLevel)
+		if err != nil {
+			return Layer{}, err
+		}
+		if err := gz.SetConcurrency(gzipBlockSize, threads); err != nil {
+			return Layer{}, err
+		}
+		// pgzip writes the zero time as a non-zero MTIME; the gzip header
+		// must not date the blob.
+		gz.ModTime = time.Unix(0, 0)
+		cw = gz
+	case Zstd:
+		// Parallel zstd cuts the stream into jobs whose size depends only
+		// on the window, so the bytes are the same for any thread count
+		// as long as the job path is taken, which needs concurrency >= 2.
+		zw, err := zstd.NewWriter(blob,
+			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)),
+			zstd.WithEncoderConcurrency(max(threads, 2)),
+			zstd.WithConcurrentBlocks(true))
+		if err != nil {
+			return Layer{}, err
+		}
+		cw = zw
+	case Uncompressed:
+		cw = nopCloser{blob}
+	default:
+		return Layer{}, fmt.Errorf("unknown compression %q", opts.Compression)
+	}
+	diff := &countingHash{h: sha256.New(), w: cw}
+	n, err := writeDiff(ctx, diff, upper, lower, opts)
+	if err != nil {
+		cw.Close()
+		return Layer{}, err
+	}
+	if err := cw.Close(); err != nil {
+		return Layer{}, fmt.Errorf("compress layer: %w", err)
+	}
+	return Layer{
+		Descriptor: v1.Descriptor{
+			MediaType: opts.Compression.orDefault().MediaType(),
+			Digest:    digest.NewDigest(digest.SHA256, blob.h),
+			Size:      blob.n,
+		},
+		DiffID:  digest.NewDigest(digest.SHA256, diff.h),
+		Entries: n,
+	}, nil
+}
+
+func (c Compression) orDefault() Compression {
+	if c == "" {
+		return Gzip
+	}
+	return c
+}
+
+// countingHash passes writes through to w while hashing and counting them.
+type countingHash struct {
+	h hash.Hash
+	w io.Writer
+	n int64
+}
+
+func (c *countingHash) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.h.Write(p[:n])
+	c.n += int64(n)
+	return n, err
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }

@@ -1,0 +1,348 @@
+package oci
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/layerfs/layerfs/internal/inputerr"
+)
+
+// blobSource reads the blobs of a layout or an archive.
+type blobSource interface {
+	// Open opens the blob with digest d.
+	Open(d digest.Digest) (io.ReadCloser, error)
+	// File names a file that holds exactly the blob, or "" (then callers
+	// copy instead of hardlinking).
+	File(d digest.Digest) string
+	Close() error
+}
+
+// layoutSource reads an OCI layout directory.
+type layoutSource struct{ dir string }
+
+func (s layoutSource) File(d digest.Digest) string {
+	return filepath.Join(s.dir, "blobs", d.Algorithm().String(), d.Encoded())
+}
+
+func (s layoutSource) Open(d digest.Digest) (io.ReadCloser, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err // never join an unvalidated digest into a path
+	}
+	return os.Open(s.File(d))
+}
+
+func (layoutSource) Close() error { return nil }
+
+// archiveSource reads an oci-archive: a tar of a layout. Entries are read
+// in place by offset (the archive is not compressed), nothing is unpacked.
+type archiveSource struct {
+	f       *os.File
+	entries map[string]*io.SectionReader
+}
+
+func openArchive(p string) (*archiveSource, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	s := &archiveSource{f: f, entries: map[string]*io.SectionReader{}}
+	// tar.Reader seeks over entry data when its reader is an io.Seeker, so
+	// after Next the file offset is the start of that entry's data.
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: not an oci-archive: %w", p, err)
+		}
+		if hdr.Typeflag != tar.TypeReg {
+			continue
+		}
+		off, err := f.Seek(0, io.SeekCurrent)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		name := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/")
+		s.entries[name] = io.NewSectionReader(f, off, hdr.Size)
+	}
+	return s, nil
+}
+
+func (s *archiveSource) readFile(name string) ([]byte, error) {
+	r, ok := s.entries[name]
+	if !ok {
+		return nil, fmt.Errorf("%s: no %s in archive: %w", s.f.Name(), name, fs.ErrNotExist)
+	}
+	return io.ReadAll(io.NewSectionReader(r, 0, r.Size()))
+}
+
+func (s *archiveSource) Open(d digest.Digest) (io.ReadCloser, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	r, ok := s.entries["blobs/"+d.Algorithm().String()+"/"+d.Encoded()]
+	if !ok {
+		return nil, fmt.Errorf("%s: blob %s missing: %w", s.f.Name(), d, fs.ErrNotExist)
+	}
+	return io.NopCloser(io.NewSectionReader(r, 0, r.Size())), nil
+}
+
+func (*archiveSource) File(digest.Digest) string { return "" }
+func (s *archiveSource) Close() error          { return s.f.Close() }
+
+// Image is one single-platform image, read from a layout or archive.
+type Image struct {
+	Ref          Reference
+	ManifestDesc v1.Descriptor
+	Manifest     v1.Manifest
+	// RawConfig is the config as stored; Config is what layerfs reads of it.
+	RawConfig []byte
+	Config    v1.Image
+	src       blobSource
+}
+
+// OpenImage reads the image ref names. Only local transports are read
+// here. Bad references, missing paths and missing tags are bad input.
+func OpenImage(ref Reference) (*Image, error) {
+	var (
+		src blobSource
+		idx *v1.Index
+		err error
+	)
+	switch ref.Transport {
+	case TransportOCI:
+		if st, err := os.Stat(filepath.Join(ref.Path, v1.ImageLayoutFile)); err != nil || st.IsDir() {
+			return nil, inputerr.New("%s: %s is not an OCI image layout", ref, ref.Path)
+		}
+		src = layoutSource{ref.Path}
+		idx, err = readIndexFile(filepath.Join(ref.Path, v1.ImageIndexFile))
+	case TransportOCIArchive:
+		a, aerr := openArchive(ref.Path)
+		if errors.Is(aerr, fs.ErrNotExist) {
+			return nil, inputerr.New("%s: %w", ref, aerr)
+		}
+		if aerr != nil {
+			return nil, inputerr.Wrap(fmt.Errorf("%s: %w", ref, aerr))
+		}
+		src = a
+		var data []byte
+		if data, err = a.readFile(v1.ImageIndexFile); err == nil {
+			idx = &v1.Index{}
+			err = json.Unmarshal(data, idx)
+		}
+	default:
+		return nil, inputerr.New("%s: transport %s is not supported here yet (use oci: or oci-archive:)", ref, ref.Transport)
+	}
+	if err != nil {
+		src.Close()
+		return nil, inputerr.Wrap(fmt.Errorf("%s: index: %w", ref, err))
+	}
+	img, err := resolve(ref, src, idx)
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	return img, nil
+}
+
+// Close releases the image's source.
+func (img *Image) Close() error { return img.src.Close() }
+
+// FindTag returns the index entry whose ref.name is tag; with an empty tag,
+// the index's only entry. Missing tags are bad input.
+func FindTag(ref Reference, idx *v1.Index) (int, error) {
+	if ref.Tag == "" {
+		if len(idx.Manifests) != 1 {
+			return -1, inputerr.New("%s: the layout holds %d images; name one with :TAG (tags: %s)", ref, len(idx.Manifests), tagList(idx))
+		}
+		return 0, nil
+	}
+	for i, m := range idx.Manifests {
+		if m.Annotations[v1.AnnotationRefName] == ref.Tag {
+			return i, nil
+		}
+	}
+	return -1, inputerr.New("%s: no image tagged %q (tags: %s)", ref, ref.Tag, tagList(idx))
+}
+
+func tagList(idx *v1.Index) string {
+	var tags []string
+	for _, m := range idx.Manifests {
+		if t := m.Annotations[v1.AnnotationRefName]; t != "" {
+			tags = append(tags, t)
+		}
+	}
+	if len(tags) == 0 {
+		return "none"
+	}
+	slices.Sort(tags)
+	return strings.Join(tags, ", ")
+}
+
+func resolve(ref Reference, src blobSource, idx *v1.Index) (*Image, error) {
+	i, err := FindTag(ref, idx)
+	if err != nil {
+		return nil, err
+	}
+	desc := idx.Manifests[i]
+	for depth := 0; ; depth++ {
+		data, err := readBlob(src, desc)
+		if err != nil {
+			return nil, inputerr.Wrap(fmt.Errorf("%s: %w", ref, err))
+		}
+		switch desc.MediaType {
+		case v1.MediaTypeImageIndex, mediaTypeDockerManifestList:
+			var sub v1.Index
+			if err := json.Unmarshal(data, &sub); err != nil || depth > 4 {
+				return nil, inputerr.New("%s: bad image index %s", ref, desc.Digest)
+			}
+			if desc, err = pickPlatform(ref, &sub); err != nil {
+				return nil, err
+			}
+			continue
+		case v1.MediaTypeImageManifest, mediaTypeDockerManifest:
+		default:
+			return nil, inputerr.New("%s: %s is a %q, not an image", ref, desc.Digest, desc.MediaType)
+		}
+		img := &Image{Ref: ref, ManifestDesc: desc, src: src}
+		if err := json.Unmarshal(data, &img.Manifest); err != nil {
+			return nil, inputerr.New("%s: manifest %s: %v", ref, desc.Digest, err)
+		}
+		if img.RawConfig, err = readBlob(src, img.Manifest.Config); err != nil {
+			return nil, inputerr.Wrap(fmt.Errorf("%s: config: %w", ref, err))
+		}
+		if err := json.Unmarshal(img.RawConfig, &img.Config); err != nil {
+			return nil, inputerr.New("%s: config %s: %v", ref, img.Manifest.Config.Digest, err)
+		}
+		if n, m := len(img.Config.RootFS.DiffIDs), len(img.Manifest.Layers); n != m {
+			return nil, inputerr.New("%s: config lists %d diff_ids for %d layers", ref, n, m)
+		}
+		for _, d := range img.Config.RootFS.DiffIDs {
+			if err := d.Validate(); err != nil {
+				return nil, inputerr.New("%s: diff_id %q: %v", ref, d, err)
+			}
+		}
+		return img, nil
+	}
+}
+
+const (
+	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+// pickPlatform chooses the host's platform from a multi-platform index.
+func pickPlatform(ref Reference, idx *v1.Index) (v1.Descriptor, error) {
+	var have []string
+	for _, m := range idx.Manifests {
+		if m.Platform == nil {
+			continue
+		}
+		if m.Platform.OS == runtime.GOOS && m.Platform.Architecture == runtime.GOARCH {
+			return m, nil
+		}
+		have = append(have, m.Platform.OS+"/"+m.Platform.Architecture)
+	}
+	return v1.Descriptor{}, inputerr.New("%s: no %s/%s image in the index (has %s)", ref, runtime.GOOS, runtime.GOARCH, strings.Join(have, ", "))
+}
+
+// readBlob reads a small blob whole and checks it against its descriptor.
+func readBlob(src blobSource, desc v1.Descriptor) ([]byte, error) {
+	if desc.Size > 64<<20 {
+		return nil, fmt.Errorf("blob %s: %d bytes is too large for JSON", desc.Digest, desc.Size)
+	}
+	r, err := src.Open(desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	data, err := io.ReadAll(io.LimitReader(r, desc.Size+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) != desc.Size || digest.FromBytes(data) != desc.Digest {
+		return nil, fmt.Errorf("blob %s does not match its descriptor", desc.Digest)
+	}
+	return data, nil
+}
+
+// OpenLayer opens layer i uncompressed. The caller must drain and close
+// it; Close reports a diff_id that does not match the config.
+func (img *Image) OpenLayer(i int) (io.ReadCloser, error) {
+	desc := img.Manifest.Layers[i]
+	r, err := img.src.Open(desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	br := bufio.NewReaderSize(r, 1<<20)
+	magic, _ := br.Peek(4)
+	var u io.Reader = br
+	var closeU func()
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		u = gz
+	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		u, closeU = zr, zr.Close
+	}
+	return &layerReader{r: u, raw: r, closeU: closeU, want: img.Config.RootFS.DiffIDs[i], v: img.Config.RootFS.DiffIDs[i].Verifier()}, nil
+}
+
+type layerReader struct {
+	r      io.Reader
+	raw    io.Closer
+	closeU func()
+	want   digest.Digest
+	v      digest.Verifier
+	eof    bool
+}
+
+func (l *layerReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.v.Write(p[:n])
+	if err == io.EOF {
+		l.eof = true
+	}
+	return n, err
+}
+
+func (l *layerReader) Close() error {
+	if l.closeU != nil {
+		l.closeU()
+	}
+	l.raw.Close()
+	if l.eof && !l.v.Verified() {
+		return inputerr.New("layer with diff_id %s: content does not match", l.want)
+	}
+	return nil
+}

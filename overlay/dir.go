@@ -1,0 +1,113 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Entry is one name of a layer dir with its markers interpreted.
+type Entry struct {
+	Name string
+	// Whiteout: the name deletes what the layers below have there. Meta is
+	// then empty.
+	Whiteout bool
+	// Opaque: a directory that hides the contents of the layers below it
+	// (from an xattr; ReadDir also folds in a .wh..wh..opq marker).
+	Opaque bool
+	Meta   Meta
+}
+
+// Stat reads one object of a layer dir: lstat, xattrs, and the ownership
+// override if one was recorded.
+func Stat(path string) (Entry, error) {
+	e := Entry{Name: filepath.Base(path)}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return e, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if IsWhiteoutDevice(&st) {
+		e.Whiteout = true
+		return e, nil
+	}
+	e.Meta = metaFromStat(&st)
+	raw, err := readXattrs(path)
+	if err != nil {
+		return e, err
+	}
+	mk, xattrs := splitXattrs(raw)
+	if mk.unsupported != "" {
+		return e, fmt.Errorf("%s: has %s: %w", path, mk.unsupported, ErrUnsupportedUpper)
+	}
+	if mk.whiteout && e.Meta.Type == TypeReg {
+		return Entry{Name: e.Name, Whiteout: true}, nil
+	}
+	e.Meta.Xattrs = xattrs
+	e.Opaque = mk.opaque && e.Meta.Type == TypeDir
+	if mk.override != "" {
+		o, err := ParseOverride(mk.override)
+		if err != nil {
+			return e, fmt.Errorf("%s: %w", path, err)
+		}
+		o.apply(&e.Meta)
+	}
+	if e.Meta.Type == TypeSymlink {
+		if e.Meta.Link, err = os.Readlink(path); err != nil {
+			return e, err
+		}
+	}
+	return e, nil
+}
+
+// ErrReservedName reports a real file whose name only a marker may have.
+var ErrReservedName = errors.New("name reserved for whiteout markers")
+
+// ReadDir lists a directory of a layer dir, sorted bytewise by name, with
+// markers turned into flags: a 0:0 device or a .wh.NAME file becomes a
+// whiteout entry NAME, and a .wh..wh..opq file sets opaque. Where a layer
+// holds both NAME and .wh.NAME, the real entry wins: the whiteout can only
+// have meant the layers below.
+func ReadDir(dir string) (entries []Entry, opaque bool, err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, false, err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return nil, false, fmt.Errorf("readdir %s: %w", dir, err)
+	}
+	slices.Sort(names)
+	var whiteouts []string
+	entries = make([]Entry, 0, len(names))
+	for _, name := range names {
+		if IsReservedName(name) {
+			switch target := name[len(WhiteoutPrefix):]; {
+			case name == OpaqueMarker:
+				opaque = true
+			case target == "" || target == "." || target == ".." || IsReservedName(target):
+				return nil, false, fmt.Errorf("%s: %w", filepath.Join(dir, name), ErrReservedName)
+			default:
+				whiteouts = append(whiteouts, target)
+			}
+			continue
+		}
+		e, err := Stat(filepath.Join(dir, name))
+		if err != nil {
+			return nil, false, err
+		}
+		entries = append(entries, e)
+	}
+	for _, w := range whiteouts {
+		i, found := slices.BinarySearchFunc(entries, w, func(e Entry, n string) int { return strings.Compare(e.Name, n) })
+		if !found {
+			entries = slices.Insert(entries, i, Entry{Name: w, Whiteout: true})
+		}
+	}
+	return entries, opaque, nil
+}

@@ -1,0 +1,172 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Marker names and xattrs. Overlay writers disagree on how to mark things,
+// so every variant is read; see DESIGN.md "On-disk layer dir format".
+const (
+	// WhiteoutPrefix marks an AUFS/OCI-style whiteout file ".wh.NAME".
+	WhiteoutPrefix = ".wh."
+	// OpaqueMarker is the AUFS/OCI opaque-directory file.
+	OpaqueMarker = ".wh..wh..opq"
+
+	XattrOverrideStat    = "user.containers.override_stat"
+	xattrOverrideStatOld = "user.fuseoverlayfs.override_stat" // fuse-overlayfs <= 1.13
+)
+
+var opaqueXattrs = [...]string{"trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque"}
+
+// Uppers written with these features keep data or names elsewhere than at
+// the path (metacopy: data in a lower; redirect: a renamed dir's origin), so
+// the upper alone does not describe the layer. BuildKit and containerd refuse
+// them for the same reason.
+var unsupportedXattrs = [...]string{
+	"trusted.overlay.redirect", "user.overlay.redirect",
+	"trusted.overlay.metacopy", "user.overlay.metacopy",
+}
+
+// xwhiteout xattrs (Linux 6.7+, composefs) turn a regular file into a whiteout.
+var whiteoutXattrs = [...]string{"trusted.overlay.whiteout", "user.overlay.whiteout"}
+
+// ErrUnsupportedUpper reports an upper that uses overlayfs redirect_dir or
+// metacopy.
+var ErrUnsupportedUpper = errors.New("upper uses overlayfs redirect_dir or metacopy, which a layer cannot express; mount with redirect_dir=off,metacopy=off")
+
+// IsInternalXattr reports whether an xattr is union bookkeeping (markers,
+// origins, ownership overrides) that must never reach the merged view or a
+// layer.
+func IsInternalXattr(name string) bool {
+	return strings.HasPrefix(name, "trusted.overlay.") ||
+		strings.HasPrefix(name, "user.overlay.") ||
+		strings.HasPrefix(name, "user.fuseoverlayfs.") ||
+		strings.HasPrefix(name, "security.fuseoverlayfs.") ||
+		strings.HasPrefix(name, "user.containers.")
+}
+
+// IsWhiteoutDevice reports whether a stat result is the kernel's whiteout,
+// a character device 0:0.
+func IsWhiteoutDevice(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0
+}
+
+// IsReservedName reports whether a name is one that layer formats use for
+// markers and that can therefore never be a real file.
+func IsReservedName(name string) bool {
+	return strings.HasPrefix(name, WhiteoutPrefix)
+}
+
+// xattrs reads every xattr of path (not following symlinks). The raw map
+// includes internal names; callers split them.
+func readXattrs(path string) (map[string]string, error) {
+	buf := make([]byte, 1024)
+	var n int
+	for {
+		var err error
+		n, err = unix.Llistxattr(path, buf)
+		if err == unix.ERANGE {
+			sz, err := unix.Llistxattr(path, nil)
+			if err != nil {
+				return nil, fmt.Errorf("listxattr %s: %w", path, err)
+			}
+			buf = make([]byte, sz+64)
+			continue
+		}
+		if err == unix.ENOTSUP || err == unix.ENODATA {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listxattr %s: %w", path, err)
+		}
+		break
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string)
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if name == "" {
+			continue
+		}
+		v, err := getXattr(path, name)
+		if err == unix.ENODATA {
+			continue // removed between list and get
+		}
+		if err != nil {
+			return nil, fmt.Errorf("getxattr %s %s: %w", path, name, err)
+		}
+		out[name] = v
+	}
+	return out, nil
+}
+
+func getXattr(path, name string) (string, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Lgetxattr(path, name, buf)
+		if err == unix.ERANGE {
+			sz, err := unix.Lgetxattr(path, name, nil)
+			if err != nil {
+				return "", err
+			}
+			buf = make([]byte, sz+64)
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+}
+
+// markers is what an object's raw xattrs say about it as a layer entry.
+type markers struct {
+	opaque      bool
+	whiteout    bool // xwhiteout: a regular file marked as a whiteout
+	unsupported string
+	override    string
+}
+
+// splitXattrs separates the markers in raw from the xattrs that belong to
+// the content. raw is modified.
+func splitXattrs(raw map[string]string) (markers, map[string]string) {
+	var mk markers
+	if len(raw) == 0 {
+		return mk, nil
+	}
+	for _, n := range opaqueXattrs {
+		if raw[n] == "y" {
+			mk.opaque = true
+		}
+	}
+	for _, n := range whiteoutXattrs {
+		if _, ok := raw[n]; ok {
+			mk.whiteout = true
+		}
+	}
+	for _, n := range unsupportedXattrs {
+		if _, ok := raw[n]; ok {
+			mk.unsupported = n
+		}
+	}
+	if v, ok := raw[xattrOverrideStatOld]; ok {
+		mk.override = v
+	}
+	if v, ok := raw[XattrOverrideStat]; ok {
+		mk.override = v
+	}
+	for n := range raw {
+		if IsInternalXattr(n) {
+			delete(raw, n)
+		}
+	}
+	if len(raw) == 0 {
+		raw = nil
+	}
+	return mk, raw
+}
