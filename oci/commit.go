@@ -30,7 +30,7 @@ type CommitOptions struct {
 	// Image is the output, an oci: reference. An existing tag is appended to.
 	Image Reference
 	// Base is the image to start from when Image does not exist yet.
-	Base *Reference
+	Base   *Reference
 	Layer  LayerOptions
 	Config ConfigChanges
 	// Created dates the config and the history entry; the default is the

@@ -109,7 +109,7 @@ func (s *archiveSource) Open(d digest.Digest) (io.ReadCloser, error) {
 }
 
 func (*archiveSource) File(digest.Digest) string { return "" }
-func (s *archiveSource) Close() error          { return s.f.Close() }
+func (s *archiveSource) Close() error            { return s.f.Close() }
 
 // Image is one single-platform image, read from a layout or archive.
 type Image struct {
