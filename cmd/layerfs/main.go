@@ -49,7 +49,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	parser, err := kong.New(&c,
 		kong.Name("layerfs"),
 		kong.Description("Build multi-layer OCI images from root filesystems without copying them."),
-		kong.UsageOnError(),
 		kong.Writers(stdout, stderr),
 		// --help exits 0 through here; kong's own usage exit (80) is not used.
 		kong.Exit(func(code int) { exitCode = code }),
@@ -63,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitCode
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "layerfs: %v\n", err)
+		fmt.Fprintf(stderr, "layerfs: %v (see layerfs --help)\n", err)
 		return exitBadInput
 	}
 	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
