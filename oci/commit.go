@@ -10,11 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/overlay"
@@ -83,7 +86,8 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 		if err := os.MkdirAll(parentDir, 0o755); err != nil {
 			return res, err
 		}
-		if dir, err = os.MkdirTemp(parentDir, tmpPrefix); err != nil {
+		removeStaleLayouts(parentDir)
+		if dir, err = os.MkdirTemp(parentDir, fmt.Sprintf("%s%d-", tmpPrefix, os.Getpid())); err != nil {
 			return res, err
 		}
 		defer os.RemoveAll(dir) // after the final rename there is nothing left to remove
@@ -182,9 +186,11 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 	manifest.SchemaVersion = 2
 	manifest.MediaType = v1.MediaTypeImageManifest
 	if opts.Base != nil && parent != nil {
-		manifest.Annotations = map[string]string{
-			v1.AnnotationBaseImageDigest: parent.ManifestDesc.Digest.String(),
-			v1.AnnotationBaseImageName:   opts.Base.String(),
+		// The base's name only where it names something portable: a local
+		// path would make the manifest depend on where the build ran.
+		manifest.Annotations = map[string]string{v1.AnnotationBaseImageDigest: parent.ManifestDesc.Digest.String()}
+		if opts.Base.Transport == TransportDocker {
+			manifest.Annotations[v1.AnnotationBaseImageName] = opts.Base.String()
 		}
 	}
 	rawManifest, err := json.Marshal(manifest)
@@ -277,4 +283,25 @@ func checkDir(p, what string) error {
 		return inputerr.New("%s %s: not a directory", what, p)
 	}
 	return nil
+}
+
+// removeStaleLayouts deletes half-built layouts that killed commits left
+// beside their output. Their names carry the writer's pid; a layout is
+// stale when that process is gone. (A reused pid only delays the sweep.)
+func removeStaleLayouts(dir string) {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), tmpPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidStr, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
 }
