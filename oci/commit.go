@@ -144,7 +144,11 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 		layer, err = WriteLayer(ctx, w, opts.Upper, lower, opts.Layer)
 		return layer.Descriptor.Digest, err
 	}); err != nil {
-		return res, fmt.Errorf("commit %s: %w", opts.Upper, err)
+		err = fmt.Errorf("commit %s: %w", opts.Upper, err)
+		if errors.Is(err, overlay.ErrUnsupportedUpper) || errors.Is(err, overlay.ErrReservedName) {
+			err = inputerr.Wrap(err) // the upper is not a layer dir we can commit
+		}
+		return res, err
 	}
 
 	var manifest v1.Manifest

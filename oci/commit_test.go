@@ -199,7 +199,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 	cases := []struct {
 		name  string
 		opts  CommitOptions
-		input bool // bad input (exit 2) rather than a failure
+		input bool // bad input (exit 2)
 		want  string
 	}{
 		{"missing upper", CommitOptions{Upper: filepath.Join(tmp, "nope"), Image: mustRef(t, "oci:"+tmp+"/new")}, true, "nope: does not exist"},
@@ -209,8 +209,8 @@ func TestBadInputWritesNothing(t *testing.T) {
 		{"base and existing", CommitOptions{Upper: d[0].Root, Base: &other, Image: mustRef(t, "oci:"+existing+":t")}, true, "already exists"},
 		{"bad env", CommitOptions{Upper: d[0].Root, Image: mustRef(t, "oci:"+tmp+"/new"), Config: ConfigChanges{Env: []string{"FOO"}}}, true, `--env "FOO"`},
 		{"image is a file", CommitOptions{Upper: d[0].Root, Image: mustRef(t, "oci:"+file)}, true, "not a directory"},
-		{"redirect upper, new layout", CommitOptions{Upper: d[1].Root, Image: mustRef(t, "oci:"+tmp+"/new")}, false, "redirect"},
-		{"redirect upper, existing layout", CommitOptions{Upper: d[1].Root, Image: mustRef(t, "oci:"+existing+":t")}, false, "redirect"},
+		{"redirect upper, new layout", CommitOptions{Upper: d[1].Root, Image: mustRef(t, "oci:"+tmp+"/new")}, true, "redirect"},
+		{"redirect upper, existing layout", CommitOptions{Upper: d[1].Root, Image: mustRef(t, "oci:"+existing+":t")}, true, "redirect"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
