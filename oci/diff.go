@@ -364,16 +364,27 @@ func (d *differ) copyContent(path string, size int64) error {
 	if err != nil {
 		return &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
-	n, err := io.CopyBuffer(d.tw, io.LimitReader(f, size), d.buf)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+	defer unix.Close(fd)
+	// Raw reads: an *os.File would cost fcntl and epoll calls per file.
+	var n int64
+	for n < size {
+		chunk := d.buf[:min(int64(len(d.buf)), size-n)]
+		k, err := unix.Read(fd, chunk)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if k == 0 {
+			return fmt.Errorf("%s: %w (shrank from %d to %d bytes)", path, errChanged, size, n)
+		}
+		if _, err := d.tw.Write(chunk[:k]); err != nil {
+			return err
+		}
+		n += int64(k)
 	}
-	if n != size {
-		return fmt.Errorf("%s: %w (shrank from %d to %d bytes)", path, errChanged, size, n)
-	}
-	if k, _ := f.Read(d.buf[:1]); k != 0 {
+	if k, _ := unix.Read(fd, d.buf[:1]); k > 0 {
 		return fmt.Errorf("%s: %w (grew past %d bytes)", path, errChanged, size)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -94,7 +95,9 @@ func WriteLayer(ctx context.Context, w io.Writer, upper string, lower overlay.Lo
 	if threads <= 0 {
 		threads = runtime.GOMAXPROCS(0)
 	}
-	blob := &countingHash{h: sha256.New(), w: w}
+	// Tar headers arrive as 512-byte writes; batch them for the file.
+	bw := bufio.NewWriterSize(w, 1<<20)
+	blob := &countingHash{h: sha256.New(), w: bw}
 	var cw io.WriteCloser
 	switch opts.Compression {
 	case Gzip, "":
@@ -134,6 +137,9 @@ func WriteLayer(ctx context.Context, w io.Writer, upper string, lower overlay.Lo
 	}
 	if err := cw.Close(); err != nil {
 		return Layer{}, fmt.Errorf("compress layer: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return Layer{}, err
 	}
 	return Layer{
 		Descriptor: v1.Descriptor{

@@ -26,16 +26,22 @@ type Entry struct {
 // Stat reads one object of a layer dir: lstat, xattrs, and the ownership
 // override if one was recorded.
 func Stat(path string) (Entry, error) {
-	e := Entry{Name: filepath.Base(path)}
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
-		return e, &os.PathError{Op: "lstat", Path: path, Err: err}
+		return Entry{Name: filepath.Base(path)}, &os.PathError{Op: "lstat", Path: path, Err: err}
 	}
-	if IsWhiteoutDevice(&st) {
+	return statWith(path, &st)
+}
+
+// statWith completes an Entry for path from an lstat result the caller
+// already has, so that no object is stat'ed twice.
+func statWith(path string, st *unix.Stat_t) (Entry, error) {
+	e := Entry{Name: filepath.Base(path)}
+	if IsWhiteoutDevice(st) {
 		e.Whiteout = true
 		return e, nil
 	}
-	e.Meta = metaFromStat(&st)
+	e.Meta = metaFromStat(st)
 	raw, err := readXattrs(path)
 	if err != nil {
 		return e, err
@@ -73,14 +79,14 @@ var ErrReservedName = errors.New("name reserved for whiteout markers")
 // holds both NAME and .wh.NAME, the real entry wins: the whiteout can only
 // have meant the layers below.
 func ReadDir(dir string) (entries []Entry, opaque bool, err error) {
-	f, err := os.Open(dir)
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, false, err
+		return nil, false, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
+	defer unix.Close(fd)
+	names, err := readNames(fd)
 	if err != nil {
-		return nil, false, fmt.Errorf("readdir %s: %w", dir, err)
+		return nil, false, &os.PathError{Op: "readdir", Path: dir, Err: err}
 	}
 	slices.Sort(names)
 	var whiteouts []string
@@ -97,7 +103,12 @@ func ReadDir(dir string) (entries []Entry, opaque bool, err error) {
 			}
 			continue
 		}
-		e, err := Stat(filepath.Join(dir, name))
+		// Relative to the open directory: no walk of the full path.
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, false, &os.PathError{Op: "lstat", Path: filepath.Join(dir, name), Err: err}
+		}
+		e, err := statWith(filepath.Join(dir, name), &st)
 		if err != nil {
 			return nil, false, err
 		}
@@ -110,4 +121,24 @@ func ReadDir(dir string) (entries []Entry, opaque bool, err error) {
 		}
 	}
 	return entries, opaque, nil
+}
+
+// readNames lists an open directory without "." and "..", in the order
+// getdents gives.
+func readNames(fd int) ([]string, error) {
+	buf := make([]byte, 32<<10)
+	var names []string
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
 }

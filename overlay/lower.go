@@ -64,11 +64,14 @@ func (s *Stack) sources(rel string) ([]string, error) {
 		return nil, err
 	}
 	var out []string
-	for _, dir := range parent {
+	for i, dir := range parent {
 		p := filepath.Join(dir, name)
 		var st unix.Stat_t
 		err := unix.Lstat(p, &st)
 		if errors.Is(err, unix.ENOENT) {
+			if i == len(parent)-1 {
+				break
+			}
 			if hidden, err := exists(filepath.Join(dir, WhiteoutPrefix+name)); err != nil || hidden {
 				if err != nil {
 					return nil, err
@@ -95,24 +98,27 @@ func (s *Stack) sources(rel string) ([]string, error) {
 	return out, nil
 }
 
-// locate returns the on-disk path of the merged object at rel, "" if none.
-func (s *Stack) locate(rel string) (string, error) {
+// locate finds the on-disk object serving the merged path rel, with its
+// lstat result; "" when there is none.
+func (s *Stack) locate(rel string, st *unix.Stat_t) (string, error) {
 	if rel == "" {
 		if len(s.top) == 0 {
 			return "", nil
 		}
-		return s.top[0], nil
+		return s.top[0], unix.Lstat(s.top[0], st)
 	}
 	pdir, name := Split(rel)
 	parent, err := s.sources(pdir)
 	if err != nil {
 		return "", err
 	}
-	for _, dir := range parent {
+	for i, dir := range parent {
 		p := filepath.Join(dir, name)
-		var st unix.Stat_t
-		err := unix.Lstat(p, &st)
+		err := unix.Lstat(p, st)
 		if errors.Is(err, unix.ENOENT) {
+			if i == len(parent)-1 {
+				return "", nil // a .wh. marker in the last layer hides nothing
+			}
 			if hidden, err := exists(filepath.Join(dir, WhiteoutPrefix+name)); err != nil || hidden {
 				return "", err
 			}
@@ -121,7 +127,7 @@ func (s *Stack) locate(rel string) (string, error) {
 		if err != nil {
 			return "", &os.PathError{Op: "lstat", Path: p, Err: err}
 		}
-		if IsWhiteoutDevice(&st) {
+		if IsWhiteoutDevice(st) {
 			return "", nil
 		}
 		return p, nil
@@ -130,11 +136,12 @@ func (s *Stack) locate(rel string) (string, error) {
 }
 
 func (s *Stack) Lookup(rel string) (*Meta, error) {
-	p, err := s.locate(rel)
+	var st unix.Stat_t
+	p, err := s.locate(rel, &st)
 	if p == "" || err != nil {
 		return nil, err
 	}
-	e, err := Stat(p)
+	e, err := statWith(p, &st)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +215,8 @@ func listNames(dir string) (map[string]bool, error) {
 }
 
 func (s *Stack) SameContent(rel, p string) (bool, error) {
-	lp, err := s.locate(rel)
+	var st unix.Stat_t
+	lp, err := s.locate(rel, &st)
 	if lp == "" || err != nil {
 		return false, err
 	}
@@ -216,12 +224,14 @@ func (s *Stack) SameContent(rel, p string) (bool, error) {
 }
 
 // isOpaqueDir reports whether a layer directory hides the layers below.
+// One listxattr answers for all the marker names.
 func isOpaqueDir(dir string) (bool, error) {
-	for _, n := range opaqueXattrs {
-		v, err := getXattr(dir, n)
-		if err == nil && v == "y" {
-			return true, nil
-		}
+	raw, err := readXattrs(dir)
+	if err != nil {
+		return false, err
+	}
+	if mk, _ := splitXattrs(raw); mk.opaque {
+		return true, nil
 	}
 	return exists(filepath.Join(dir, OpaqueMarker))
 }

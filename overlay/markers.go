@@ -93,6 +93,10 @@ func readXattrs(path string) (map[string]string, error) {
 		if name == "" {
 			continue
 		}
+		if IsInternalXattr(name) && !markerValueNeeded(name) {
+			out[name] = "" // only its presence can matter (origin, impure, …)
+			continue
+		}
 		v, err := getXattr(path, name)
 		if err == unix.ENODATA {
 			continue // removed between list and get
@@ -122,6 +126,21 @@ func getXattr(path, name string) (string, error) {
 		}
 		return string(buf[:n]), nil
 	}
+}
+
+// markerValueNeeded reports whether an internal xattr's value (not just
+// its presence) means something to this package.
+func markerValueNeeded(name string) bool {
+	switch name {
+	case XattrOverrideStat, xattrOverrideStatOld:
+		return true
+	}
+	for _, n := range opaqueXattrs {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // markers is what an object's raw xattrs say about it as a layer entry.
