@@ -239,3 +239,44 @@ func mapsEqual(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// An oci-archive base is read in place (no unpack) and its blobs copied in.
+func TestBaseFromOCIArchive(t *testing.T) {
+	testutil.RequireRoot(t)
+	d := dirs(t, "l1", "up")
+	d[0].File("etc/base", "b")
+	d[1].File("etc/app", "a")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	base := commit(t, CommitOptions{Upper: d[0].Root, Image: mustRef(t, "oci:"+src+":v1"), Config: ConfigChanges{Env: []string{"FROM=archive"}}})
+	archive := filepath.Join(tmp, "base.tar")
+	if out, err := exec.Command("tar", "-C", src, "-cf", archive, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, out)
+	}
+	baseRef := mustRef(t, "oci-archive:"+archive+":v1")
+	out := filepath.Join(tmp, "out")
+	res := commit(t, CommitOptions{Upper: d[1].Root, Base: &baseRef, Image: mustRef(t, "oci:"+out+":app")})
+	if res.Layers != 2 {
+		t.Fatalf("%d layers, want 2", res.Layers)
+	}
+	validateLayout(t, out)
+	c := readConfig(t, out, "app")
+	if env := c["config"].(map[string]any)["Env"]; !jsonEqual(env, []string{"FROM=archive"}) {
+		t.Errorf("Env %v: the base's config must carry over", env)
+	}
+	img, err := OpenImage(mustRef(t, "oci:"+out+":app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if img.Manifest.Annotations[v1.AnnotationBaseImageDigest] != base.Manifest.Digest.String() {
+		t.Errorf("base digest annotation %q, want %s", img.Manifest.Annotations[v1.AnnotationBaseImageDigest], base.Manifest.Digest)
+	}
+	if _, ok := img.Manifest.Annotations[v1.AnnotationBaseImageName]; ok {
+		t.Errorf("a local base must not be named in the manifest (it would make the digest depend on the path)")
+	}
+	// The lower was listed from the archive's layer: only the new file is in the layer.
+	if res.Layer.Entries != 2 { // etc/ and etc/app
+		t.Errorf("layer has %d entries, want 2 (etc/, etc/app)", res.Layer.Entries)
+	}
+}
