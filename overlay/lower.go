@@ -3,11 +3,11 @@ package overlay
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,33 +38,128 @@ func (Empty) SameContent(string, string) (bool, error) { return false, nil }
 // merge downward until a whiteout, an opaque directory or a non-directory.
 type Stack struct {
 	top []string // layer dirs, topmost first
+	// Layers are immutable while a Stack reads them, so what it learns is
+	// cached for good. mu guards the caches: a mount resolves paths from
+	// many goroutines.
+	mu sync.Mutex
 	// dirs caches, for a merged directory, the layer directories that
 	// contribute to it (topmost first). A commit looks up every upper path,
 	// so each parent is resolved once instead of once per child.
-	dirs map[string][]string
+	dirs map[string][]Source
+	// index caches the merged entries of a directory, built on first use
+	// from one getdents per contributing layer: after that, a lookup in
+	// that directory (found or not) costs no syscall.
+	index map[string]map[string]LowerEntry
 }
+
+// LowerEntry is a name of a merged lower directory, served by the
+// topmost layer that has it.
+type LowerEntry struct {
+	Dir   string // the layer directory holding it
+	Layer int    // which layer: an index into Layers
+	Mode  uint32 // S_IFMT bits
+	Ino   uint64 // in the layer's filesystem
+}
+
+// Source is a layer directory contributing to a merged directory.
+type Source struct {
+	Dir   string
+	Layer int // index into Layers
+}
+
+// Path is the entry's object on disk.
+func (e LowerEntry) Path(name string) string { return filepath.Join(e.Dir, name) }
 
 // NewStack returns the merged view of layers, given base first (the order
 // of overlayfs's lowerdir reversed, and of an image's layers).
 func NewStack(layers ...string) *Stack {
 	top := slices.Clone(layers)
 	slices.Reverse(top)
-	return &Stack{top: top, dirs: map[string][]string{"": top}}
+	root := make([]Source, len(top))
+	for i, d := range top {
+		root[i] = Source{Dir: d, Layer: i}
+	}
+	return &Stack{top: top, dirs: map[string][]Source{"": root}, index: map[string]map[string]LowerEntry{}}
 }
 
-// sources returns the layer directories that make up the merged directory
-// rel; none when rel is not a directory.
-func (s *Stack) sources(rel string) ([]string, error) {
-	if v, ok := s.dirs[rel]; ok {
-		return v, nil
+// Layers returns the layer dirs, topmost first.
+func (s *Stack) Layers() []string { return s.top }
+
+// Entries returns the merged entries of the directory rel (none when rel
+// is not a merged directory).
+func (s *Stack) Entries(rel string) (map[string]LowerEntry, error) {
+	s.mu.Lock()
+	idx, ok := s.index[rel]
+	s.mu.Unlock()
+	if ok {
+		return idx, nil
 	}
-	pdir, name := Split(rel)
-	parent, err := s.sources(pdir)
+	srcs, err := s.Sources(rel)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for i, dir := range parent {
+	idx = map[string]LowerEntry{}
+	hidden := map[string]bool{}
+	for _, src := range srcs {
+		dir := src.Dir
+		ents, err := readDirents(dir)
+		if err != nil {
+			return nil, err
+		}
+		var whiteouts []string
+		for _, e := range ents {
+			if IsReservedName(e.name) {
+				if e.name != OpaqueMarker {
+					whiteouts = append(whiteouts, e.name[len(WhiteoutPrefix):])
+				}
+				continue
+			}
+			if _, seen := idx[e.name]; seen || hidden[e.name] {
+				continue
+			}
+			mode := dtToMode(e.typ)
+			if mode == 0 || mode == unix.S_IFCHR {
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(dir, e.name), &st); err != nil {
+					return nil, &os.PathError{Op: "lstat", Path: filepath.Join(dir, e.name), Err: err}
+				}
+				if IsWhiteoutDevice(&st) {
+					hidden[e.name] = true
+					continue
+				}
+				mode = st.Mode & unix.S_IFMT
+			}
+			idx[e.name] = LowerEntry{Dir: dir, Layer: src.Layer, Mode: mode, Ino: e.ino}
+		}
+		for _, w := range whiteouts {
+			if _, here := idx[w]; !here {
+				hidden[w] = true
+			}
+		}
+	}
+	s.mu.Lock()
+	s.index[rel] = idx
+	s.mu.Unlock()
+	return idx, nil
+}
+
+// Sources returns the layer directories that make up the merged directory
+// rel, topmost first; none when rel is not a directory.
+func (s *Stack) Sources(rel string) ([]Source, error) {
+	s.mu.Lock()
+	v, ok := s.dirs[rel]
+	s.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	pdir, name := Split(rel)
+	parent, err := s.Sources(pdir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Source
+	for i, src := range parent {
+		dir := src.Dir
 		p := filepath.Join(dir, name)
 		var st unix.Stat_t
 		err := unix.Lstat(p, &st)
@@ -86,7 +181,7 @@ func (s *Stack) sources(rel string) ([]string, error) {
 		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			break // a whiteout or a non-directory ends the merge
 		}
-		out = append(out, p)
+		out = append(out, Source{Dir: p, Layer: src.Layer})
 		if opaque, err := isOpaqueDir(p); err != nil || opaque {
 			if err != nil {
 				return nil, err
@@ -94,7 +189,9 @@ func (s *Stack) sources(rel string) ([]string, error) {
 			break
 		}
 	}
+	s.mu.Lock()
 	s.dirs[rel] = out
+	s.mu.Unlock()
 	return out, nil
 }
 
@@ -108,11 +205,12 @@ func (s *Stack) locate(rel string, st *unix.Stat_t) (string, error) {
 		return s.top[0], unix.Lstat(s.top[0], st)
 	}
 	pdir, name := Split(rel)
-	parent, err := s.sources(pdir)
+	parent, err := s.Sources(pdir)
 	if err != nil {
 		return "", err
 	}
-	for i, dir := range parent {
+	for i, src := range parent {
+		dir := src.Dir
 		p := filepath.Join(dir, name)
 		err := unix.Lstat(p, st)
 		if errors.Is(err, unix.ENOENT) {
@@ -152,65 +250,15 @@ func (s *Stack) Lookup(rel string) (*Meta, error) {
 }
 
 func (s *Stack) Names(rel string) ([]string, error) {
-	srcs, err := s.sources(rel)
+	idx, err := s.Entries(rel)
 	if err != nil {
 		return nil, err
 	}
-	seen := map[string]bool{} // true: present, false: whited out above
-	for _, dir := range srcs {
-		local, err := listNames(dir)
-		if err != nil {
-			return nil, err
-		}
-		for name, present := range local {
-			if _, ok := seen[name]; !ok {
-				seen[name] = present
-			}
-		}
-	}
-	var out []string
-	for name, present := range seen {
-		if present {
-			out = append(out, name)
-		}
+	out := make([]string, 0, len(idx))
+	for name := range idx {
+		out = append(out, name)
 	}
 	slices.Sort(out)
-	return out, nil
-}
-
-// listNames reads one layer directory: name → true for an object, false
-// for a whiteout. Only character devices need an lstat to tell.
-func listNames(dir string) (map[string]bool, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	ents, err := f.ReadDir(-1)
-	f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("readdir %s: %w", dir, err)
-	}
-	out := make(map[string]bool, len(ents))
-	for _, e := range ents {
-		name := e.Name()
-		if IsReservedName(name) {
-			if name != OpaqueMarker {
-				if _, ok := out[name[len(WhiteoutPrefix):]]; !ok {
-					out[name[len(WhiteoutPrefix):]] = false
-				}
-			}
-			continue
-		}
-		present := true
-		if e.Type()&os.ModeCharDevice != 0 {
-			var st unix.Stat_t
-			if err := unix.Lstat(filepath.Join(dir, name), &st); err != nil {
-				return nil, err
-			}
-			present = !IsWhiteoutDevice(&st)
-		}
-		out[name] = present
-	}
 	return out, nil
 }
 

@@ -61,18 +61,15 @@ func IsReservedName(name string) bool {
 	return strings.HasPrefix(name, WhiteoutPrefix)
 }
 
-// xattrs reads every xattr of path (not following symlinks). The raw map
-// includes internal names; callers split them.
-func readXattrs(path string) (map[string]string, error) {
+// readXattrNames lists the xattr names of path (not following symlinks).
+func readXattrNames(path string) ([]string, error) {
 	buf := make([]byte, 1024)
-	var n int
 	for {
-		var err error
-		n, err = unix.Llistxattr(path, buf)
+		n, err := unix.Llistxattr(path, buf)
 		if err == unix.ERANGE {
 			sz, err := unix.Llistxattr(path, nil)
 			if err != nil {
-				return nil, fmt.Errorf("listxattr %s: %w", path, err)
+				return nil, err
 			}
 			buf = make([]byte, sz+64)
 			continue
@@ -81,18 +78,31 @@ func readXattrs(path string) (map[string]string, error) {
 			return nil, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("listxattr %s: %w", path, err)
+			return nil, err
 		}
-		break
+		var names []string
+		for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+			if name != "" {
+				names = append(names, name)
+			}
+		}
+		return names, nil
 	}
-	if n == 0 {
+}
+
+// readXattrs reads every xattr of path (not following symlinks). The raw
+// map includes internal names; callers split them. Values of bookkeeping
+// xattrs whose presence is all that matters are not read.
+func readXattrs(path string) (map[string]string, error) {
+	names, err := readXattrNames(path)
+	if err != nil {
+		return nil, fmt.Errorf("listxattr %s: %w", path, err)
+	}
+	if len(names) == 0 {
 		return nil, nil
 	}
-	out := make(map[string]string)
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
-		if name == "" {
-			continue
-		}
+	out := make(map[string]string, len(names))
+	for _, name := range names {
 		if IsInternalXattr(name) && !markerValueNeeded(name) {
 			out[name] = "" // only its presence can matter (origin, impure, …)
 			continue

@@ -19,6 +19,9 @@ import (
 // cli is the command tree; one file per verb.
 type cli struct {
 	Commit commitCmd `cmd:"" help:"Turn an overlay upper dir into one OCI layer on top of an image."`
+	Mount  mountCmd  `cmd:"" help:"Mount layer dirs as a union filesystem (FUSE) whose changes land in an upper dir."`
+	Umount umountCmd `cmd:"" help:"Unmount a layerfs mount, or clear dead ones (--stale)."`
+	Mounts mountsCmd `cmd:"" help:"List the layerfs mounts."`
 }
 
 // env is what every verb gets to run with.

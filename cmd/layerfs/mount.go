@@ -1,0 +1,317 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/layerfs/layerfs/fs"
+	"github.com/layerfs/layerfs/internal/inputerr"
+)
+
+type mountCmd struct {
+	Lower      []string `placeholder:"DIR" sep:"none" help:"Read-only layer dir, base first (repeatable). None is allowed."`
+	Upper      string   `placeholder:"DIR" help:"Writable layer dir that receives every change (created if missing). Without it the mount is a read-only merged view."`
+	Workdir    string   `placeholder:"DIR" help:"Copy-up staging dir on the upper's filesystem (default: a hidden sibling of the upper)."`
+	RO         bool     `name:"ro" help:"Mount read-only; an --upper is then served as the topmost lower."`
+	Foreground bool     `help:"Stay attached; SIGINT or SIGTERM unmount cleanly."`
+	Debug      bool     `help:"Log every FUSE request (to the daemon's log, or stderr with --foreground)."`
+	ReadyFd    int      `hidden:"" default:"-1" help:"(internal) report readiness of a background daemon on this fd."`
+
+	Mountpoint string `arg:"" help:"Directory to mount on."`
+}
+
+func (c *mountCmd) Run(e *env) error {
+	opts, err := c.options()
+	if err != nil {
+		return err
+	}
+	if !c.Foreground {
+		return c.spawn(e, opts)
+	}
+	return c.serve(e, opts)
+}
+
+// options checks the command line and makes every path absolute: the
+// daemon outlives the caller's working directory.
+func (c *mountCmd) options() (fs.Options, error) {
+	var o fs.Options
+	mp, err := absDir(c.Mountpoint, "mountpoint", true)
+	if err != nil {
+		return o, err
+	}
+	c.Mountpoint = mp
+	for _, l := range c.Lower {
+		p, err := absDir(l, "--lower", false)
+		if err != nil {
+			return o, err
+		}
+		o.Lowers = append(o.Lowers, p)
+	}
+	if c.Workdir != "" && c.Upper == "" {
+		return o, inputerr.New("--workdir %s: only makes sense with --upper", c.Workdir)
+	}
+	if c.Upper != "" {
+		up, err := filepath.Abs(c.Upper)
+		if err != nil {
+			return o, inputerr.Wrap(err)
+		}
+		if err := os.MkdirAll(up, 0o755); err != nil {
+			return o, inputerr.New("--upper %s: %v", c.Upper, err)
+		}
+		if up, err = absDir(up, "--upper", false); err != nil {
+			return o, err
+		}
+		if c.RO {
+			o.Lowers = append(o.Lowers, up)
+		} else {
+			o.Upper = up
+			o.Work = fs.DefaultWorkdir(up)
+			if c.Workdir != "" {
+				if o.Work, err = filepath.Abs(c.Workdir); err != nil {
+					return o, inputerr.Wrap(err)
+				}
+			}
+		}
+	}
+	o.Debug = c.Debug
+	return o, nil
+}
+
+// absDir resolves p and checks it is a directory. A mountpoint whose
+// daemon died answers ENOTCONN; mount clears it.
+func absDir(p, what string, mountpoint bool) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", inputerr.New("%s %s: %v", what, p, err)
+	}
+	st, err := os.Stat(abs)
+	if mountpoint && errors.Is(err, syscall.ENOTCONN) {
+		return abs, nil
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", inputerr.New("%s %s: does not exist", what, p)
+		}
+		return "", inputerr.New("%s %s: %v", what, p, err)
+	}
+	if !st.IsDir() {
+		return "", inputerr.New("%s %s: not a directory", what, p)
+	}
+	return abs, nil
+}
+
+// spawn starts the daemon in the background and returns once it serves:
+// it re-runs this command with --foreground in a session of its own, and
+// reads one line of readiness (or the daemon's error) from a pipe.
+func (c *mountCmd) spawn(e *env, o fs.Options) error {
+	if m, ok, _ := fs.Find(c.Mountpoint); ok && m.Alive {
+		return inputerr.New("%s: already a layerfs mount (daemon %d)", c.Mountpoint, m.PID)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if err := os.MkdirAll(fs.StateDir(), 0o700); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(fs.LogFile(c.Mountpoint), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := []string{"mount", "--foreground", "--ready-fd", "3"}
+	for _, l := range c.Lower {
+		args = append(args, "--lower", l)
+	}
+	if c.Upper != "" {
+		args = append(args, "--upper", c.Upper)
+	}
+	if c.Workdir != "" {
+		args = append(args, "--workdir", c.Workdir)
+	}
+	if c.RO {
+		args = append(args, "--ro")
+	}
+	if c.Debug {
+		args = append(args, "--debug")
+	}
+	args = append(args, "--", c.Mountpoint)
+	cmd := exec.Command(self, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, logf, logf
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line == "ok" {
+		cmd.Process.Release()
+		return nil
+	}
+	cmd.Wait()
+	if msg, ok := strings.CutPrefix(line, "input "); ok {
+		return inputerr.New("%s", msg)
+	}
+	if msg, ok := strings.CutPrefix(line, "error "); ok {
+		return errors.New(msg)
+	}
+	return fmt.Errorf("the daemon exited before serving (log: %s)", fs.LogFile(c.Mountpoint))
+}
+
+// serve mounts and serves in this process until unmounted or signalled.
+func (c *mountCmd) serve(e *env, o fs.Options) error {
+	ready := func(string) {}
+	if c.ReadyFd >= 0 {
+		f := os.NewFile(uintptr(c.ReadyFd), "ready")
+		ready = func(line string) {
+			io.WriteString(f, line+"\n")
+			f.Close()
+		}
+	}
+	srv, err := fs.Mount(c.Mountpoint, o)
+	if err != nil {
+		err = fmt.Errorf("mount %s: %w", c.Mountpoint, err)
+		if inputerr.Is(err) {
+			ready("input " + err.Error())
+		} else {
+			ready("error " + err.Error())
+		}
+		return err
+	}
+	lowers := o.Lowers
+	if lowers == nil {
+		lowers = []string{}
+	}
+	forget, err := fs.Register(fs.MountInfo{
+		Mountpoint: c.Mountpoint, Lowers: lowers, Upper: o.Upper, Workdir: o.Work,
+		ReadOnly: o.Upper == "", PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second),
+	})
+	if err != nil {
+		srv.Unmount()
+		ready("error " + err.Error())
+		return err
+	}
+	defer forget()
+	ready("ok")
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		// A clean unmount if nothing uses the mount, else a lazy one: a
+		// signalled daemon must go away either way.
+		if err := srv.Unmount(); err != nil {
+			fs.Unmount(c.Mountpoint, true)
+		}
+	}()
+	srv.Wait()
+	return nil
+}
+
+type umountCmd struct {
+	Stale      bool   `help:"Clear every dead layerfs mount (daemons killed) instead of one mountpoint."`
+	Lazy       bool   `help:"Detach the mount even while it is busy."`
+	Mountpoint string `arg:"" optional:"" help:"The layerfs mount to unmount."`
+}
+
+func (c *umountCmd) Run(e *env) error {
+	if c.Stale {
+		if c.Mountpoint != "" {
+			return inputerr.New("give either --stale or a mountpoint")
+		}
+		cleared, err := fs.ClearStale()
+		for _, mp := range cleared {
+			fmt.Fprintf(e.stdout, "cleared %s\n", mp)
+		}
+		return err
+	}
+	if c.Mountpoint == "" {
+		return inputerr.New("name the mountpoint to unmount, or give --stale")
+	}
+	mp, err := filepath.Abs(c.Mountpoint)
+	if err != nil {
+		return inputerr.Wrap(err)
+	}
+	m, ok, err := fs.Find(mp)
+	if err != nil {
+		return err
+	}
+	if !ok || !m.Mounted {
+		if ok {
+			fs.Forget(mp) // a record left by a daemon that is gone
+		}
+		return inputerr.New("%s: not a layerfs mount", c.Mountpoint)
+	}
+	// A dead daemon's mount cannot be busy in a useful way: detach it.
+	if err := fs.Unmount(mp, c.Lazy || !m.Alive); err != nil {
+		if errors.Is(err, syscall.EBUSY) {
+			return fmt.Errorf("%s is busy (a process uses it); stop it, or use --lazy", c.Mountpoint)
+		}
+		return err
+	}
+	if m.PID > 0 {
+		if err := fs.WaitGone(m.PID, 10*time.Second); err != nil {
+			return err
+		}
+	}
+	fs.Forget(mp)
+	return nil
+}
+
+type mountsCmd struct {
+	JSON bool `name:"json" help:"Print the mounts as a JSON array."`
+}
+
+func (c *mountsCmd) Run(e *env) error {
+	all, err := fs.List()
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		if all == nil {
+			all = []fs.MountInfo{}
+		}
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(all)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MOUNTPOINT\tSTATE\tPID\tUPPER\tLOWERS")
+	for _, m := range all {
+		state := "serving"
+		switch {
+		case !m.Mounted:
+			state = "gone"
+		case !m.Alive:
+			state = "dead"
+		case m.ReadOnly:
+			state = "serving (ro)"
+		}
+		upper := m.Upper
+		if upper == "" {
+			upper = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Mountpoint, state, strconv.Itoa(m.PID), upper, strings.Join(m.Lowers, ":"))
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,78 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/overlay"
+)
+
+// file is an open file: a LoopbackFile on the layer file, which go-fuse
+// registers with the kernel for passthrough I/O (kernel >= 6.9, root).
+//
+// The trap (research/fuse.md §1.4): the kernel keeps one backing file per
+// inode, registered by the first open, and every later open reuses it. If
+// that first open was read-only on a lower file, a later open for writing
+// (which copied the file up) would be wired to the LOWER file, and its
+// writes would corrupt the layer. So while a lower backing is pinned, a
+// handle on the upper copy is returned with FOPEN_DIRECT_IO: reads and
+// writes then come to this daemon, which uses the upper fd.
+type file struct {
+	*gofs.LoopbackFile
+	n     *node
+	lower bool // opened on a lower file
+}
+
+var _ gofs.FileReleaser = (*file)(nil)
+
+// openHandle wraps an fd opened on o and decides its open flags.
+func (n *node) openHandle(fd int, o *overlay.Object) (*file, uint32) {
+	f := &file{LoopbackFile: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), n: n, lower: !o.InUpper()}
+	var flags uint32
+	n.mu.Lock()
+	if n.opens == 0 {
+		n.backingLower = f.lower
+	}
+	n.opens++
+	if n.backingLower && !f.lower {
+		flags |= fuse.FOPEN_DIRECT_IO
+	}
+	n.mu.Unlock()
+	return f, flags
+}
+
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	f.n.mu.Lock()
+	f.n.opens--
+	f.n.mu.Unlock()
+	return f.LoopbackFile.Release(ctx)
+}
+
+// Getattr through a handle describes the merged object, not the layer
+// file (owners may be overridden, merged dirs have nlink 1).
+func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	return f.n.Getattr(ctx, nil, out)
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	rel, ok := n.rel()
+	if !ok {
+		return nil, 0, syscall.ENOENT
+	}
+	// The kernel tracks the append offset; the daemon writes at offsets.
+	fl := int(flags) &^ (unix.O_APPEND | fuse.FMODE_EXEC)
+	wasUpper := n.inUpper(rel)
+	fd, o, err := n.fsys.u.Open(rel, fl)
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	if !wasUpper && o.InUpper() {
+		n.adopt(&o)
+	}
+	f, fuseFlags := n.openHandle(fd, &o)
+	return f, fuseFlags, 0
+}

@@ -1,0 +1,185 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/overlay"
+)
+
+// Options describe one mount.
+type Options struct {
+	Lowers []string // base first
+	Upper  string   // empty: a read-only merged view
+	// Work is the copy-up staging dir, on the upper's filesystem. Empty
+	// means DefaultWorkdir(Upper).
+	Work  string
+	Debug bool
+	// Timeout is how long the kernel may cache names and attributes. The
+	// daemon is the only writer of the layers, so long is right.
+	Timeout time.Duration
+}
+
+// DefaultWorkdir is a hidden sibling of the upper: on its filesystem, and
+// never inside it.
+func DefaultWorkdir(upper string) string {
+	return filepath.Join(filepath.Dir(upper), "."+filepath.Base(upper)+".layerfs-work")
+}
+
+// FsType is the filesystem type layerfs mounts show in /proc/mounts.
+const FsType = "fuse.layerfs"
+
+// Server is a serving mount.
+type Server struct {
+	*fuse.Server
+	Mountpoint string
+}
+
+// Mount mounts the union of opts at mountpoint and serves it from this
+// process until it is unmounted. As root it mounts directly, with setuid
+// files and devices working and default_permissions; as another user it
+// goes through fusermount3 and decides permissions itself.
+func Mount(mountpoint string, opts Options) (*Server, error) {
+	rootless := os.Geteuid() != 0
+	if opts.Upper != "" && opts.Work == "" {
+		opts.Work = DefaultWorkdir(opts.Upper)
+	}
+	if opts.Work != "" {
+		if err := os.MkdirAll(opts.Work, 0o700); err != nil {
+			return nil, fmt.Errorf("workdir: %w", err)
+		}
+	}
+	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: opts.Lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless})
+	if err != nil {
+		return nil, err
+	}
+	if err := clearStale(mountpoint); err != nil {
+		return nil, err
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Hour
+	}
+	// Creating files with exactly the modes asked for: the kernel has
+	// already applied the caller's umask.
+	syscall.Umask(0)
+
+	fsys := &filesystem{u: u, rootless: rootless, timeout: opts.Timeout}
+	root := &node{fsys: fsys}
+	fsys.root = root
+	ttl := opts.Timeout
+	mo := fuse.MountOptions{
+		FsName:        "layerfs",
+		Name:          "layerfs",
+		MaxWrite:      1 << 20,
+		MaxBackground: 64,
+		// Symlink targets only change through this daemon.
+		EnableSymlinkCaching: true,
+		Debug:                opts.Debug,
+	}
+	if rootless {
+		// Without default_permissions the kernel leaves access checks to
+		// the daemon (Access below): a user installing into a root-owned
+		// tree must be able to write where the override says root owns.
+	} else {
+		mo.AllowOther = true
+		mo.Options = []string{"default_permissions"}
+		mo.DirectMountStrict = true
+		// DirectMount's default flags are nosuid,nodev; a rootfs being
+		// installed needs both setuid files and device nodes to work. Any
+		// non-zero value replaces the default; MS_MGC_VAL means nothing.
+		mo.DirectMountFlags = syscall.MS_MGC_VAL
+	}
+	if opts.Upper == "" {
+		mo.Options = append(mo.Options, "ro")
+	}
+	srv, err := gofs.Mount(mountpoint, root, &gofs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &ttl,
+		AttrTimeout:     &ttl,
+		NegativeTimeout: &ttl,
+		// Mode 0 is a real mode in a rootfs (/etc/shadow on some distros).
+		NullPermissions: true,
+		RootStableAttr:  &gofs.StableAttr{Ino: 1},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	// The root's layer objects are inode 1.
+	if o, err := u.Lookup(""); err == nil {
+		fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, 1)
+	}
+	return &Server{Server: srv, Mountpoint: mountpoint}, nil
+}
+
+// Access answers access(2) for rootless mounts, which have no
+// default_permissions: the mount is the mounting user's alone, and that
+// user stands for every owner the layers record.
+func (n *node) Access(ctx context.Context, mask uint32) syscall.Errno {
+	return 0
+}
+
+var _ gofs.NodeAccesser = (*node)(nil)
+
+// clearStale unmounts a dead mount left at mountpoint (its daemon was
+// killed: "transport endpoint is not connected") so it can be reused.
+func clearStale(mountpoint string) error {
+	var st unix.Stat_t
+	err := unix.Stat(mountpoint, &st)
+	if err == nil {
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return fmt.Errorf("mountpoint %s: not a directory", mountpoint)
+		}
+		return nil
+	}
+	if err != unix.ENOTCONN {
+		return fmt.Errorf("mountpoint %s: %w", mountpoint, err)
+	}
+	return Unmount(mountpoint, true)
+}
+
+// Unmount unmounts a layerfs mount; lazy detaches it even while busy or
+// dead. As a normal user it goes through fusermount3.
+func Unmount(mountpoint string, lazy bool) error {
+	if os.Geteuid() == 0 {
+		flags := 0
+		if lazy {
+			flags = unix.MNT_DETACH
+		}
+		if err := unix.Unmount(mountpoint, flags); err != nil {
+			return fmt.Errorf("unmount %s: %w", mountpoint, err)
+		}
+		return nil
+	}
+	args := []string{"-u"}
+	if lazy {
+		args = append(args, "-z")
+	}
+	bin, err := exec.LookPath("fusermount3")
+	if err != nil {
+		if bin, err = exec.LookPath("fusermount"); err != nil {
+			return errors.New("unmount: neither fusermount3 nor fusermount is installed")
+		}
+	}
+	out, err := exec.Command(bin, append(args, mountpoint)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("unmount %s: %s: %w", mountpoint, bytesTrim(out), err)
+	}
+	return nil
+}
+
+func bytesTrim(b []byte) string {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return string(b)
+}

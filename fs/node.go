@@ -1,0 +1,475 @@
+package fs
+
+import (
+	"context"
+	"hash/fnv"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/overlay"
+)
+
+// filesystem is one mount: the union it serves and the identities it has
+// handed to the kernel.
+type filesystem struct {
+	u        *overlay.Union
+	inos     inoTable
+	root     *node
+	rootless bool
+	timeout  time.Duration
+}
+
+// node is a FUSE inode. It holds no path: paths come from go-fuse's tree
+// (so renames need no bookkeeping here), and the union resolves them.
+type node struct {
+	gofs.Inode
+	fsys *filesystem
+
+	// Passthrough bookkeeping (see file.go): how many handles are open on
+	// the node, and whether the kernel's backing file for them is a lower
+	// file. While it is, a handle on the upper copy must not use
+	// passthrough I/O, or the kernel would write to the lower.
+	mu           sync.Mutex
+	opens        int
+	backingLower bool
+}
+
+var (
+	_ gofs.NodeLookuper       = (*node)(nil)
+	_ gofs.NodeGetattrer      = (*node)(nil)
+	_ gofs.NodeSetattrer      = (*node)(nil)
+	_ gofs.NodeStatxer        = (*node)(nil)
+	_ gofs.NodeOpener         = (*node)(nil)
+	_ gofs.NodeCreater        = (*node)(nil)
+	_ gofs.NodeMkdirer        = (*node)(nil)
+	_ gofs.NodeMknoder        = (*node)(nil)
+	_ gofs.NodeSymlinker      = (*node)(nil)
+	_ gofs.NodeLinker         = (*node)(nil)
+	_ gofs.NodeUnlinker       = (*node)(nil)
+	_ gofs.NodeRmdirer        = (*node)(nil)
+	_ gofs.NodeRenamer        = (*node)(nil)
+	_ gofs.NodeReadlinker     = (*node)(nil)
+	_ gofs.NodeGetxattrer     = (*node)(nil)
+	_ gofs.NodeSetxattrer     = (*node)(nil)
+	_ gofs.NodeRemovexattrer  = (*node)(nil)
+	_ gofs.NodeListxattrer    = (*node)(nil)
+	_ gofs.NodeStatfser       = (*node)(nil)
+	_ gofs.NodeOpendirHandler = (*node)(nil)
+)
+
+// rel is the node's path in the union. An unlinked node has none.
+func (n *node) rel() (string, bool) {
+	if n == n.fsys.root {
+		return "", true
+	}
+	p := n.Path(nil)
+	return p, p != ""
+}
+
+func (n *node) child(name string) (string, bool) {
+	p, ok := n.rel()
+	return overlay.Join(p, name), ok
+}
+
+// errno maps an error from the union to the errno the caller sees.
+func errno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	return gofs.ToErrno(err)
+}
+
+func caller(ctx context.Context) overlay.Owner {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return overlay.Owner{UID: c.Uid, GID: c.Gid}
+	}
+	return overlay.Owner{}
+}
+
+// identity is the StableAttr of a union object. Objects are numbered by
+// the layer object that serves them; a copy-up keeps the number of its
+// origin (see inoTable), so inode numbers are stable for the mount's life
+// and hardlinks in one layer share one inode. Two names of one lower
+// hardlink group get their own go-fuse inodes (same number, another
+// generation): a copy-up through one name must not be applied to the
+// other, as with the kernel's overlayfs.
+func (fs *filesystem) identity(rel string, o *overlay.Object) gofs.StableAttr {
+	ino := fs.inos.get(inoKey{o.Layer, o.Stat.Ino})
+	attr := gofs.StableAttr{Mode: o.Stat.Mode & unix.S_IFMT, Ino: ino}
+	if !o.InUpper() && !o.IsDir() && o.Stat.Nlink > 1 {
+		h := fnv.New64a()
+		h.Write([]byte(rel))
+		attr.Gen = h.Sum64() | 1
+	}
+	return attr
+}
+
+// fill converts an object's stat to FUSE attributes.
+func (fs *filesystem) fill(o *overlay.Object, out *fuse.Attr) {
+	st := &o.Stat
+	out.Ino, out.Size, out.Blocks = st.Ino, uint64(st.Size), uint64(st.Blocks)
+	out.Atime, out.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
+	out.Mtime, out.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
+	out.Ctime, out.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
+	out.Mode, out.Nlink = st.Mode, uint32(st.Nlink)
+	out.Uid, out.Gid, out.Rdev = st.Uid, st.Gid, uint32(st.Rdev)
+	out.Blksize = uint32(st.Blksize)
+	if o.IsDir() && o.Merged {
+		// As the kernel's overlayfs: counting subdirectories across layers
+		// is not worth it, and 1 tells find not to rely on the count.
+		out.Nlink = 1
+	}
+}
+
+func (fs *filesystem) entryOut(o *overlay.Object, out *fuse.EntryOut) {
+	fs.fill(o, &out.Attr)
+	out.SetEntryTimeout(fs.timeout)
+	out.SetAttrTimeout(fs.timeout)
+}
+
+// newChild turns a looked-up or created object into the node the kernel
+// gets for it.
+func (n *node) newChild(ctx context.Context, rel string, o *overlay.Object, out *fuse.EntryOut) *gofs.Inode {
+	n.fsys.entryOut(o, out)
+	return n.NewInode(ctx, &node{fsys: n.fsys}, n.fsys.identity(rel, o))
+}
+
+// adopt keeps a node's inode number when the object serving it changes
+// (a copy-up): the new layer object is an alias of the old number.
+func (n *node) adopt(o *overlay.Object) {
+	if o.Layer == overlay.UpperLayer {
+		n.fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, n.StableAttr().Ino)
+	}
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	rel, ok := n.child(name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	o, err := n.fsys.u.Lookup(rel)
+	if err != nil {
+		return nil, errno(err)
+	}
+	return n.newChild(ctx, rel, &o, out), 0
+}
+
+func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if rel, ok := n.rel(); ok {
+		if o, err := n.fsys.u.Lookup(rel); err == nil {
+			n.fsys.fill(&o, &out.Attr)
+			out.SetTimeout(n.fsys.timeout)
+			return 0
+		} else if f == nil {
+			return errno(err)
+		}
+	}
+	// An open file whose names are gone: its handle still knows it.
+	if fg, ok := f.(gofs.FileGetattrer); ok {
+		return fg.Getattr(ctx, out)
+	}
+	return syscall.ENOENT
+}
+
+// Statx is left to Getattr (ENOSYS makes the kernel fall back): statx
+// through a handle would describe the layer file, not the merged object.
+func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	return syscall.ENOSYS
+}
+
+func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	rel, ok := n.rel()
+	if !ok {
+		if fs, ok := f.(gofs.FileSetattrer); ok {
+			return fs.Setattr(ctx, in, out)
+		}
+		return syscall.ENOENT
+	}
+	var a overlay.Attr
+	if m, ok := in.GetMode(); ok {
+		a.Mode = &m
+	}
+	if uid, ok := in.GetUID(); ok {
+		a.UID = &uid
+	}
+	if gid, ok := in.GetGID(); ok {
+		a.GID = &gid
+	}
+	if sz, ok := in.GetSize(); ok {
+		s := int64(sz)
+		a.Size = &s
+	}
+	if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_ATIME_NOW) != 0 {
+		a.Atime = timespec(in.Valid&fuse.FATTR_ATIME_NOW != 0, in.Atime, in.Atimensec)
+	}
+	if in.Valid&(fuse.FATTR_MTIME|fuse.FATTR_MTIME_NOW) != 0 {
+		a.Mtime = timespec(in.Valid&fuse.FATTR_MTIME_NOW != 0, in.Mtime, in.Mtimensec)
+	}
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && a.Mode == nil {
+		// The kernel asks the server to drop setuid/setgid with this
+		// change (a write or truncate by someone without CAP_FSETID).
+		o, err := n.fsys.u.Lookup(rel)
+		if err == nil && o.Stat.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			m := o.Stat.Mode &^ unix.S_ISUID
+			if m&0o010 != 0 {
+				m &^= unix.S_ISGID
+			}
+			m &= 07777
+			a.Mode = &m
+		}
+	}
+	o, err := n.fsys.u.Setattr(rel, a)
+	if err != nil {
+		return errno(err)
+	}
+	n.adopt(&o)
+	n.fsys.fill(&o, &out.Attr)
+	// go-fuse leaves the reply's timeout at zero, which would make the
+	// kernel ask again at once (research/fuse.md §5).
+	out.SetTimeout(n.fsys.timeout)
+	return 0
+}
+
+func timespec(now bool, sec uint64, nsec uint32) *unix.Timespec {
+	if now {
+		return &unix.Timespec{Nsec: unix.UTIME_NOW}
+	}
+	return &unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	rel, ok := n.child(name)
+	if !ok {
+		return nil, nil, 0, syscall.ENOENT
+	}
+	fd, o, err := n.fsys.u.Create(rel, int(flags)&^unix.O_APPEND, mode, caller(ctx))
+	if err != nil {
+		return nil, nil, 0, errno(err)
+	}
+	ch := n.newChild(ctx, rel, &o, out)
+	f, fuseFlags := ch.Operations().(*node).openHandle(fd, &o)
+	return ch, f, fuseFlags, 0
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	rel, ok := n.child(name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	o, err := n.fsys.u.Mkdir(rel, mode, caller(ctx))
+	if err != nil {
+		return nil, errno(err)
+	}
+	return n.newChild(ctx, rel, &o, out), 0
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	rel, ok := n.child(name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	o, err := n.fsys.u.Mknod(rel, mode, uint64(rdev), caller(ctx))
+	if err != nil {
+		return nil, errno(err)
+	}
+	return n.newChild(ctx, rel, &o, out), 0
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	rel, ok := n.child(name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	o, err := n.fsys.u.Symlink(target, rel, caller(ctx))
+	if err != nil {
+		return nil, errno(err)
+	}
+	return n.newChild(ctx, rel, &o, out), 0
+}
+
+func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	rel, ok := n.child(name)
+	tn, isNode := target.(*node)
+	if !ok || !isNode {
+		return nil, syscall.ENOENT
+	}
+	trel, ok := tn.rel()
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	o, err := n.fsys.u.Link(trel, rel)
+	if err != nil {
+		return nil, errno(err)
+	}
+	// The source was copied up (if it was not yet); both names are now
+	// one upper inode, which keeps the source's number.
+	tn.adopt(&o)
+	n.fsys.entryOut(&o, out)
+	return tn.EmbeddedInode(), 0
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	rel, ok := n.child(name)
+	if !ok {
+		return syscall.ENOENT
+	}
+	o, lerr := n.fsys.u.Lookup(rel)
+	if err := n.fsys.u.Unlink(rel); err != nil {
+		return errno(err)
+	}
+	if lerr == nil && o.InUpper() && o.Stat.Nlink <= 1 {
+		n.fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) // the filesystem may reuse the number
+	}
+	return 0
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	rel, ok := n.child(name)
+	if !ok {
+		return syscall.ENOENT
+	}
+	o, lerr := n.fsys.u.Lookup(rel)
+	if err := n.fsys.u.Rmdir(rel); err != nil {
+		return errno(err)
+	}
+	if lerr == nil && o.InUpper() {
+		n.fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino})
+	}
+	return 0
+}
+
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, isNode := newParent.(*node)
+	oldRel, ok1 := n.child(name)
+	if !isNode {
+		return syscall.EXDEV
+	}
+	newRel, ok2 := np.child(newName)
+	if !ok1 || !ok2 {
+		return syscall.ENOENT
+	}
+	src, serr := n.fsys.u.Lookup(oldRel)
+	dst, derr := n.fsys.u.Lookup(newRel)
+	if err := n.fsys.u.Rename(oldRel, newRel, uint(flags)); err != nil {
+		return errno(err)
+	}
+	// The source may have been copied up on the way: keep its number.
+	if serr == nil && !src.InUpper() {
+		if ch := n.GetChild(name); ch != nil {
+			if o, err := n.fsys.u.Lookup(newRel); err == nil {
+				ch.Operations().(*node).adopt(&o)
+			}
+		}
+	}
+	if derr == nil && dst.InUpper() && flags&unix.RENAME_EXCHANGE == 0 && (dst.IsDir() || dst.Stat.Nlink <= 1) {
+		n.fsys.inos.forget(inoKey{dst.Layer, dst.Stat.Ino}) // replaced
+	}
+	return 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	rel, ok := n.rel()
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	t, err := n.fsys.u.Readlink(rel)
+	if err != nil {
+		return nil, errno(err)
+	}
+	return []byte(t), 0
+}
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	rel, ok := n.rel()
+	if !ok {
+		return 0, syscall.ENOENT
+	}
+	v, err := n.fsys.u.GetXattr(rel, attr)
+	if err != nil {
+		return 0, errno(err)
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	rel, ok := n.rel()
+	if !ok {
+		return 0, syscall.ENOENT
+	}
+	names, err := n.fsys.u.ListXattr(rel)
+	if err != nil {
+		return 0, errno(err)
+	}
+	size := 0
+	for _, name := range names {
+		size += len(name) + 1
+	}
+	if len(dest) < size {
+		return uint32(size), syscall.ERANGE
+	}
+	i := 0
+	for _, name := range names {
+		i += copy(dest[i:], name)
+		dest[i] = 0
+		i++
+	}
+	return uint32(size), 0
+}
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	rel, ok := n.rel()
+	if !ok {
+		return syscall.ENOENT
+	}
+	wasUpper := n.inUpper(rel)
+	if err := n.fsys.u.SetXattr(rel, attr, data, int(flags)); err != nil {
+		return errno(err)
+	}
+	n.afterCopyUp(rel, wasUpper)
+	return 0
+}
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	rel, ok := n.rel()
+	if !ok {
+		return syscall.ENOENT
+	}
+	wasUpper := n.inUpper(rel)
+	if err := n.fsys.u.RemoveXattr(rel, attr); err != nil {
+		return errno(err)
+	}
+	n.afterCopyUp(rel, wasUpper)
+	return 0
+}
+
+func (n *node) inUpper(rel string) bool {
+	o, err := n.fsys.u.Lookup(rel)
+	return err == nil && o.InUpper()
+}
+
+// afterCopyUp keeps the node's number if the operation just copied it up.
+func (n *node) afterCopyUp(rel string, wasUpper bool) {
+	if wasUpper {
+		return
+	}
+	if o, err := n.fsys.u.Lookup(rel); err == nil {
+		n.adopt(&o)
+	}
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var st syscall.Statfs_t
+	if err := n.fsys.u.Statfs(&st); err != nil {
+		return errno(err)
+	}
+	out.FromStatfsT(&st)
+	return 0
+}

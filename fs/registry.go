@@ -1,0 +1,240 @@
+package fs
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// MountInfo describes a layerfs mount, as `layerfs mounts` shows it.
+type MountInfo struct {
+	Mountpoint string    `json:"mountpoint"`
+	Lowers     []string  `json:"lowers"`
+	Upper      string    `json:"upper,omitempty"`
+	Workdir    string    `json:"workdir,omitempty"`
+	ReadOnly   bool      `json:"read_only"`
+	PID        int       `json:"pid"`
+	Started    time.Time `json:"started"`
+	// Alive: mounted, and the daemon answers. A dead mount is what a
+	// killed daemon leaves ("transport endpoint is not connected").
+	Alive bool `json:"alive"`
+	// Mounted: the kernel still lists the mount.
+	Mounted bool `json:"mounted"`
+}
+
+// StateDir is where daemons record their mounts: /run/layerfs for root,
+// $XDG_RUNTIME_DIR/layerfs (else /tmp/layerfs-UID) for other users.
+func StateDir() string {
+	if os.Geteuid() == 0 {
+		return "/run/layerfs"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "layerfs")
+	}
+	return filepath.Join(os.TempDir(), "layerfs-"+strconv.Itoa(os.Geteuid()))
+}
+
+func stateFile(dir, mountpoint string) string {
+	sum := sha256.Sum256([]byte(mountpoint))
+	return filepath.Join(dir, hex.EncodeToString(sum[:8])+".json")
+}
+
+// LogFile is where the background daemon of mountpoint writes its log.
+func LogFile(mountpoint string) string {
+	return strings.TrimSuffix(stateFile(StateDir(), mountpoint), ".json") + ".log"
+}
+
+// Register records a serving mount; the returned func removes the record.
+func Register(info MountInfo) (func(), error) {
+	dir := StateDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	data, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	p := stateFile(dir, info.Mountpoint)
+	tmp := p + ".tmp" + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
+	return func() {
+		// Only our own record: a new daemon may already own the name.
+		if cur, err := readState(p); err == nil && cur.PID == info.PID {
+			os.Remove(p)
+		}
+	}, nil
+}
+
+func readState(p string) (MountInfo, error) {
+	var m MountInfo
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return m, err
+	}
+	return m, json.Unmarshal(data, &m)
+}
+
+// kernelMounts lists the mountpoints of layerfs mounts in this mount
+// namespace.
+func kernelMounts() (map[string]bool, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		fields := strings.Fields(sc.Text())
+		i := slices.Index(fields, "-")
+		if len(fields) < 5 || i < 0 || i+1 >= len(fields) {
+			continue
+		}
+		if fields[i+1] == FsType {
+			out[unescapeMountinfo(fields[4])] = true
+		}
+	}
+	return out, sc.Err()
+}
+
+// unescapeMountinfo undoes mountinfo's octal escapes (\040 is a space).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// List returns the layerfs mounts: those the kernel lists, with what their
+// daemons recorded, and records whose mount is gone.
+func List() ([]MountInfo, error) {
+	mounted, err := kernelMounts()
+	if err != nil {
+		return nil, err
+	}
+	byPoint := map[string]MountInfo{}
+	ents, err := os.ReadDir(StateDir())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		m, err := readState(filepath.Join(StateDir(), e.Name()))
+		if err == nil {
+			byPoint[m.Mountpoint] = m
+		}
+	}
+	for mp := range mounted {
+		if _, ok := byPoint[mp]; !ok {
+			byPoint[mp] = MountInfo{Mountpoint: mp}
+		}
+	}
+	out := make([]MountInfo, 0, len(byPoint))
+	for mp, m := range byPoint {
+		m.Mounted = mounted[mp]
+		m.Alive = m.Mounted && pidAlive(m.PID) && answers(mp)
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b MountInfo) int { return strings.Compare(a.Mountpoint, b.Mountpoint) })
+	return out, nil
+}
+
+func pidAlive(pid int) bool {
+	return pid > 0 && unix.Kill(pid, 0) != unix.ESRCH
+}
+
+// answers reports whether a mount's daemon serves it: a dead one gives
+// ENOTCONN.
+func answers(mountpoint string) bool {
+	var st unix.Stat_t
+	return unix.Stat(mountpoint, &st) != unix.ENOTCONN
+}
+
+// Find returns the layerfs mount at mountpoint.
+func Find(mountpoint string) (MountInfo, bool, error) {
+	all, err := List()
+	if err != nil {
+		return MountInfo{}, false, err
+	}
+	for _, m := range all {
+		if m.Mountpoint == mountpoint {
+			return m, true, nil
+		}
+	}
+	return MountInfo{}, false, nil
+}
+
+// Forget removes the record of a mount.
+func Forget(mountpoint string) {
+	os.Remove(stateFile(StateDir(), mountpoint))
+}
+
+// ClearStale unmounts every dead layerfs mount and drops records of mounts
+// that are gone. It returns the mountpoints it cleared.
+func ClearStale() ([]string, error) {
+	all, err := List()
+	if err != nil {
+		return nil, err
+	}
+	var cleared []string
+	var errs []error
+	for _, m := range all {
+		if m.Alive {
+			continue
+		}
+		if m.Mounted {
+			if err := Unmount(m.Mountpoint, true); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		Forget(m.Mountpoint)
+		cleared = append(cleared, m.Mountpoint)
+	}
+	return cleared, errors.Join(errs...)
+}
+
+// WaitGone waits until the daemon of a mount has exited.
+func WaitGone(pid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for pidAlive(pid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("daemon %d still running after %v", pid, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}

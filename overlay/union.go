@@ -1,0 +1,431 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Union is a merged view of layer dirs with the kernel overlayfs's
+// semantics: an optional writable upper over read-only lowers. It works
+// by path (clean, relative, "" for the root) and writes the upper in the
+// kernel's on-disk format, so that an upper written through it commits
+// exactly like one written through overlayfs.
+//
+// Mutations hold the write side of the namespace lock and lookups the read
+// side; file data never takes it.
+type Union struct {
+	lower    *Stack
+	upper    string // "" when read-only
+	work     string
+	rootless bool
+	// aufsUpper: the upper holds .wh.NAME whiteout files (written by
+	// fuse-overlayfs without mknod), which lookups must then look for.
+	aufsUpper bool
+
+	ns     sync.RWMutex
+	tmpSeq atomic.Uint64
+
+	hideMu  sync.Mutex
+	hideGen uint64
+	hides   map[string]hideState
+}
+
+type hideState struct {
+	gen    uint64
+	hidden bool
+}
+
+// UnionOptions configure a Union.
+type UnionOptions struct {
+	Lowers []string // base first
+	Upper  string   // empty for a read-only view
+	// Work is a directory on the upper's filesystem for staging copy-ups
+	// and atomic replacements.
+	Work string
+	// Rootless records ownership and modes the process cannot apply in
+	// user.containers.override_stat, and marks opaque dirs with
+	// user.overlay.opaque, as containers/storage and fuse-overlayfs do.
+	Rootless bool
+}
+
+// Layer numbers in identities: the upper is 0, the lowers 1.. from the top.
+const UpperLayer = 0
+
+// NewUnion checks the layer dirs and returns their union.
+func NewUnion(o UnionOptions) (*Union, error) {
+	for _, l := range o.Lowers {
+		if err := checkDir(l); err != nil {
+			return nil, fmt.Errorf("lower %s: %w", l, err)
+		}
+	}
+	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, hides: map[string]hideState{}}
+	if o.Upper == "" {
+		return u, nil
+	}
+	if err := checkDir(o.Upper); err != nil {
+		return nil, fmt.Errorf("upper %s: %w", o.Upper, err)
+	}
+	if err := checkDir(o.Work); err != nil {
+		return nil, fmt.Errorf("workdir %s: %w", o.Work, err)
+	}
+	var su, sw unix.Stat_t
+	if err := unix.Stat(o.Upper, &su); err != nil {
+		return nil, err
+	}
+	if err := unix.Stat(o.Work, &sw); err != nil {
+		return nil, err
+	}
+	if su.Dev != sw.Dev {
+		return nil, fmt.Errorf("workdir %s is not on the upper's filesystem (%s): copy-ups are renamed from one to the other", o.Work, o.Upper)
+	}
+	rel, err := filepath.Rel(o.Upper, o.Work)
+	if err == nil && !strings.HasPrefix(rel, "..") {
+		return nil, fmt.Errorf("workdir %s is inside the upper %s: it would become part of the layer", o.Work, o.Upper)
+	}
+	u.aufsUpper = hasAufsWhiteouts(o.Upper)
+	return u, nil
+}
+
+func checkDir(p string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return errors.New("not a directory")
+	}
+	return nil
+}
+
+// hasAufsWhiteouts reports whether an upper holds any .wh. file, which
+// only writers that could not mknod leave.
+func hasAufsWhiteouts(upper string) bool {
+	found := errors.New("found")
+	err := filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
+		if err == nil && IsReservedName(d.Name()) {
+			return found
+		}
+		return nil
+	})
+	return err == found
+}
+
+// ReadOnly reports whether the union has no upper.
+func (u *Union) ReadOnly() bool { return u.upper == "" }
+
+// Upper is the upper dir, "" when read-only.
+func (u *Union) Upper() string { return u.upper }
+
+// Lowers are the lower dirs, topmost first.
+func (u *Union) Lowers() []string { return u.lower.Layers() }
+
+// Object is a merged object: the layer object that serves it.
+type Object struct {
+	Path  string // the serving object on disk
+	Layer int    // UpperLayer, or 1 + the index of a lower (topmost first)
+	// Stat is the object's lstat, with a recorded ownership override
+	// applied (owner, mode, and type for devices stored as plain files).
+	Stat unix.Stat_t
+	// InLower: the lowers have something at this path, so deleting it
+	// must leave a whiteout.
+	InLower bool
+	// Merged: a directory whose contents come from more than one layer.
+	Merged bool
+}
+
+// InUpper reports whether the upper serves the object.
+func (o *Object) InUpper() bool { return o.Layer == UpperLayer }
+
+// IsDir reports whether the object is a directory.
+func (o *Object) IsDir() bool { return o.Stat.Mode&unix.S_IFMT == unix.S_IFDIR }
+
+func (u *Union) upperPath(rel string) string { return filepath.Join(u.upper, rel) }
+
+// Lookup resolves rel, or returns ENOENT.
+func (u *Union) Lookup(rel string) (Object, error) {
+	u.ns.RLock()
+	defer u.ns.RUnlock()
+	return u.lookup(rel)
+}
+
+func (u *Union) lookup(rel string) (Object, error) {
+	o, err := u.lookupObject(rel)
+	if err != nil || !o.IsDir() || !o.InLower {
+		return o, err
+	}
+	if o.InUpper() {
+		vis, err := u.lowerVisibleIn(rel)
+		if err != nil || !vis {
+			return o, err
+		}
+	}
+	srcs, err := u.lower.Sources(rel)
+	if err != nil {
+		return o, err
+	}
+	o.Merged = len(srcs) > 1 || (o.InUpper() && len(srcs) > 0)
+	return o, nil
+}
+
+func (u *Union) lookupObject(rel string) (Object, error) {
+	var o Object
+	if rel == "" {
+		if u.upper != "" {
+			o.Path, o.Layer = u.upper, UpperLayer
+		} else if ls := u.lower.Layers(); len(ls) > 0 {
+			o.Path, o.Layer = ls[0], 1
+		} else {
+			return o, unix.ENOENT
+		}
+		o.InLower = len(u.lower.Layers()) > 0
+		return o, u.stat(&o)
+	}
+	pdir, name := Split(rel)
+	if u.upper != "" {
+		p := u.upperPath(rel)
+		err := unix.Lstat(p, &o.Stat)
+		switch {
+		case err == nil:
+			if IsWhiteoutDevice(&o.Stat) {
+				return o, unix.ENOENT
+			}
+			o.Path, o.Layer = p, UpperLayer
+			vis, err := u.lowerVisibleIn(pdir)
+			if err != nil {
+				return o, err
+			}
+			if vis {
+				_, o.InLower, err = u.lowerEntry(pdir, name)
+				if err != nil {
+					return o, err
+				}
+			}
+			return o, u.applyOverride(&o)
+		case err == unix.ENOENT || err == unix.ENOTDIR:
+			if u.aufsUpper {
+				if hidden, _ := exists(filepath.Join(u.upper, pdir, WhiteoutPrefix+name)); hidden {
+					return o, unix.ENOENT
+				}
+			}
+		default:
+			return o, &os.PathError{Op: "lstat", Path: p, Err: err}
+		}
+	}
+	vis, err := u.lowerVisibleIn(pdir)
+	if err != nil || !vis {
+		if err == nil {
+			err = unix.ENOENT
+		}
+		return o, err
+	}
+	e, ok, err := u.lowerEntry(pdir, name)
+	if err != nil {
+		return o, err
+	}
+	if !ok {
+		return o, unix.ENOENT
+	}
+	o.Path, o.Layer, o.InLower = e.Path(name), e.Layer+1, true
+	return o, u.stat(&o)
+}
+
+func (u *Union) lowerEntry(dir, name string) (LowerEntry, bool, error) {
+	idx, err := u.lower.Entries(dir)
+	if err != nil {
+		return LowerEntry{}, false, err
+	}
+	e, ok := idx[name]
+	return e, ok, nil
+}
+
+func (u *Union) stat(o *Object) error {
+	if err := unix.Lstat(o.Path, &o.Stat); err != nil {
+		return &os.PathError{Op: "lstat", Path: o.Path, Err: err}
+	}
+	return u.applyOverride(o)
+}
+
+// applyOverride lays a recorded override_stat over the object's stat.
+// Reading it costs one getxattr per stat; only layers written without
+// privileges carry one, but any layer may come from such a writer.
+func (u *Union) applyOverride(o *Object) error {
+	v, err := getXattr(o.Path, XattrOverrideStat)
+	if err == unix.ENODATA || err == unix.ENOTSUP || err == unix.EOPNOTSUPP {
+		v, err = getXattr(o.Path, xattrOverrideStatOld)
+	}
+	if err != nil {
+		if err == unix.ENODATA || err == unix.ENOTSUP || err == unix.EOPNOTSUPP || err == unix.EPERM {
+			return nil
+		}
+		return &os.PathError{Op: "getxattr", Path: o.Path, Err: err}
+	}
+	ov, err := ParseOverride(v)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.Path, err)
+	}
+	st := &o.Stat
+	st.Uid, st.Gid = ov.UID, ov.GID
+	st.Mode = st.Mode&unix.S_IFMT | ov.Mode
+	if ov.Type != 0 && st.Mode&unix.S_IFMT == unix.S_IFREG {
+		switch ov.Type {
+		case TypeChar, TypeBlock, TypeFifo, TypeSocket:
+			st.Mode = typeMode(ov.Type) | ov.Mode
+			st.Rdev = unix.Mkdev(ov.Major, ov.Minor)
+			st.Size, st.Blocks = 0, 0
+		}
+	}
+	return nil
+}
+
+func typeMode(t Type) uint32 {
+	switch t {
+	case TypeReg:
+		return unix.S_IFREG
+	case TypeDir:
+		return unix.S_IFDIR
+	case TypeSymlink:
+		return unix.S_IFLNK
+	case TypeChar:
+		return unix.S_IFCHR
+	case TypeBlock:
+		return unix.S_IFBLK
+	case TypeFifo:
+		return unix.S_IFIFO
+	case TypeSocket:
+		return unix.S_IFSOCK
+	}
+	return 0
+}
+
+// lowerVisibleIn reports whether the lowers contribute to the children of
+// the merged directory dir: no upper object at dir or above it is a
+// whiteout, a non-directory or an opaque directory.
+func (u *Union) lowerVisibleIn(dir string) (bool, error) {
+	if u.upper == "" {
+		return true, nil
+	}
+	u.hideMu.Lock()
+	gen := u.hideGen
+	h, ok := u.hides[dir]
+	u.hideMu.Unlock()
+	if ok && h.gen == gen {
+		return !h.hidden, nil
+	}
+	hidden := false
+	if dir != "" {
+		pdir, _ := Split(dir)
+		vis, err := u.lowerVisibleIn(pdir)
+		if err != nil {
+			return false, err
+		}
+		hidden = !vis
+		if !hidden {
+			p := u.upperPath(dir)
+			var st unix.Stat_t
+			switch err := unix.Lstat(p, &st); {
+			case err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR:
+				hidden = true
+			case err == nil:
+				if hidden, err = isOpaqueDir(p); err != nil {
+					return false, err
+				}
+			case err != unix.ENOENT && err != unix.ENOTDIR:
+				return false, &os.PathError{Op: "lstat", Path: p, Err: err}
+			}
+		}
+	}
+	u.hideMu.Lock()
+	if len(u.hides) > 1<<16 {
+		clear(u.hides)
+	}
+	u.hides[dir] = hideState{gen: gen, hidden: hidden}
+	u.hideMu.Unlock()
+	return !hidden, nil
+}
+
+// structureChanged forgets what is known about which upper dirs hide the
+// lowers; every mutation that can create or remove an opaque dir, a
+// whiteout over a dir or a dir calls it.
+func (u *Union) structureChanged() {
+	u.hideMu.Lock()
+	u.hideGen++
+	u.hideMu.Unlock()
+}
+
+// DirEntry is a name of a merged directory.
+type DirEntry struct {
+	Name  string
+	Mode  uint32 // S_IFMT bits of the serving object (before overrides)
+	Layer int
+	Ino   uint64 // in the serving layer's filesystem
+}
+
+// ReadDir lists the merged directory rel, sorted by name, without
+// whiteouts and markers.
+func (u *Union) ReadDir(rel string) ([]DirEntry, error) {
+	u.ns.RLock()
+	defer u.ns.RUnlock()
+	return u.readDir(rel)
+}
+
+func (u *Union) readDir(rel string) ([]DirEntry, error) {
+	var out []DirEntry
+	seen := map[string]bool{}
+	if u.upper != "" {
+		ents, err := readDirents(u.upperPath(rel))
+		if err != nil && !isNotExist(err) {
+			return nil, err
+		}
+		for _, e := range ents {
+			if IsReservedName(e.name) {
+				if e.name != OpaqueMarker {
+					seen[e.name[len(WhiteoutPrefix):]] = true
+				}
+				continue
+			}
+			mode := dtToMode(e.typ)
+			if mode == 0 || mode == unix.S_IFCHR {
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(u.upperPath(rel), e.name), &st); err != nil {
+					continue // gone since getdents
+				}
+				if IsWhiteoutDevice(&st) {
+					seen[e.name] = true
+					continue
+				}
+				mode = st.Mode & unix.S_IFMT
+			}
+			seen[e.name] = true
+			out = append(out, DirEntry{Name: e.name, Mode: mode, Layer: UpperLayer, Ino: e.ino})
+		}
+	}
+	vis, err := u.lowerVisibleIn(rel)
+	if err != nil {
+		return nil, err
+	}
+	if vis {
+		idx, err := u.lower.Entries(rel)
+		if err != nil {
+			return nil, err
+		}
+		for name, e := range idx {
+			if !seen[name] {
+				out = append(out, DirEntry{Name: name, Mode: e.Mode, Layer: e.Layer + 1, Ino: e.Ino})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b DirEntry) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+func isNotExist(err error) bool {
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)
+}
