@@ -52,7 +52,7 @@ func (d *dirHandle) load() syscall.Errno {
 		d.ents = append(d.ents, fuse.DirEntry{
 			Name: e.Name,
 			Mode: e.Mode,
-			Ino:  d.n.fsys.inos.get(inoKey{e.Layer, e.Ino}),
+			Ino:  d.n.fsys.inos.get(inoKey{e.Layer, e.Ino}).ino,
 		})
 	}
 	d.pos = 0

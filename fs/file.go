@@ -15,12 +15,18 @@ import (
 // registers with the kernel for passthrough I/O (kernel >= 6.9, root).
 //
 // The trap (research/fuse.md §1.4): the kernel keeps one backing file per
-// inode, registered by the first open, and every later open reuses it. If
-// that first open was read-only on a lower file, a later open for writing
-// (which copied the file up) would be wired to the LOWER file, and its
-// writes would corrupt the layer. So while a lower backing is pinned, a
-// handle on the upper copy is returned with FOPEN_DIRECT_IO: reads and
-// writes then come to this daemon, which uses the upper fd.
+// inode, registered by the first open, and every later open of the inode
+// is served from it, opened anew with that open's flags. If the first
+// open was read-only on a lower file, a later open for writing (which
+// copied the file up) would be wired to the LOWER file: its writes would
+// corrupt the layer. Two defences:
+//   - the lowers are read-only mounts in the daemon (robind.go), so such a
+//     backing open fails instead of writing;
+//   - an open that copied the file up while a lower backing is pinned is
+//     answered ESTALE after the copy-up has given the path a new identity.
+//     The kernel then looks the name up again (LOOKUP_REVAL), gets a new
+//     inode with no backing yet, and retries the open there. The readers
+//     keep the old inode and the lower file.
 type file struct {
 	*gofs.LoopbackFile
 	n     *node
@@ -32,13 +38,17 @@ var _ gofs.FileReleaser = (*file)(nil)
 // openHandle wraps an fd opened on o and decides its open flags.
 func (n *node) openHandle(fd int, o *overlay.Object) (*file, uint32) {
 	f := &file{LoopbackFile: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), n: n, lower: !o.InUpper()}
-	var flags uint32
+	// No FLUSH on close(2): locks are the kernel's own (no lock
+	// forwarding), and the fd is closed at RELEASE anyway.
+	flags := uint32(fuse.FOPEN_NOFLUSH)
 	n.mu.Lock()
 	if n.opens == 0 {
 		n.backingLower = f.lower
 	}
 	n.opens++
 	if n.backingLower && !f.lower {
+		// Only reached when a retry did not move to a new inode: reads and
+		// writes at least come to the daemon, which uses the upper fd.
 		flags |= fuse.FOPEN_DIRECT_IO
 	}
 	n.mu.Unlock()
@@ -72,6 +82,19 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	}
 	if !wasUpper && o.InUpper() {
 		n.adopt(&o)
+	}
+	if o.InUpper() && n.fsys.passthrough {
+		n.mu.Lock()
+		pinned := n.opens > 0 && n.backingLower && !n.staled
+		if pinned {
+			n.staled = true
+		}
+		n.mu.Unlock()
+		if pinned {
+			unix.Close(fd)
+			n.fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{n.StableAttr().Ino, n.fsys.inos.newGen()})
+			return nil, 0, syscall.ESTALE
+		}
 	}
 	f, fuseFlags := n.openHandle(fd, &o)
 	return f, fuseFlags, 0

@@ -9,39 +9,56 @@ type inoKey struct {
 	ino   uint64
 }
 
+// ident is what the kernel knows an object by: the inode number it sees,
+// and a generation that tells two go-fuse inodes of one number apart.
+type ident struct {
+	ino, gen uint64
+}
+
 // inoTable numbers the union's objects. Numbers are handed out in order
 // and never reused during the mount; a copied-up object's upper file is
 // registered as an alias of its origin's number, so st_ino survives a
 // copy-up as it does on the kernel's overlayfs.
 type inoTable struct {
-	mu   sync.Mutex
-	m    map[inoKey]uint64
-	next uint64
+	mu      sync.Mutex
+	m       map[inoKey]ident
+	next    uint64
+	nextGen uint64
 }
 
-func (t *inoTable) get(k inoKey) uint64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if ino, ok := t.m[k]; ok {
-		return ino
-	}
+func (t *inoTable) init() {
 	if t.m == nil {
-		t.m = map[inoKey]uint64{}
+		t.m = map[inoKey]ident{}
 		t.next = 2 // 1 is the root
 	}
-	t.next++
-	t.m[k] = t.next
-	return t.next
 }
 
-func (t *inoTable) alias(k inoKey, ino uint64) {
+func (t *inoTable) get(k inoKey) ident {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.m == nil {
-		t.m = map[inoKey]uint64{}
-		t.next = 2
+	t.init()
+	if id, ok := t.m[k]; ok {
+		return id
 	}
-	t.m[k] = ino
+	t.next++
+	t.m[k] = ident{ino: t.next}
+	return t.m[k]
+}
+
+func (t *inoTable) alias(k inoKey, id ident) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	t.m[k] = id
+}
+
+// newGen returns a generation no identity has had: the high bit keeps it
+// apart from the path-derived ones of lower hardlinks (see identity).
+func (t *inoTable) newGen() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.nextGen++
+	return 1<<63 | t.nextGen
 }
 
 // forget drops a layer object that no longer exists, whose inode number

@@ -43,6 +43,7 @@ const FsType = "fuse.layerfs"
 type Server struct {
 	*fuse.Server
 	Mountpoint string
+	keep       []*os.File // the read-only lower mounts live as long as these
 }
 
 // Mount mounts the union of opts at mountpoint and serves it from this
@@ -59,7 +60,11 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("workdir: %w", err)
 		}
 	}
-	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: opts.Lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless})
+	lowers, keep, err := readOnlyLowers(opts.Lowers)
+	if err != nil {
+		return nil, err
+	}
+	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless})
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +78,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	// already applied the caller's umask.
 	syscall.Umask(0)
 
-	fsys := &filesystem{u: u, rootless: rootless, timeout: opts.Timeout}
+	fsys := &filesystem{u: u, rootless: rootless, passthrough: !rootless, timeout: opts.Timeout}
 	root := &node{fsys: fsys}
 	fsys.root = root
 	ttl := opts.Timeout
@@ -84,6 +89,12 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		MaxBackground: 64,
 		// Symlink targets only change through this daemon.
 		EnableSymlinkCaching: true,
+		// The kernel would otherwise ask for security.capability before
+		// every write and chown to decide whether to drop it (52,000
+		// GETXATTRs in one untar, research/fuse.md §5). Setattr honours
+		// FATTR_KILL_SUIDGID, and chown by the daemon drops setuid bits and
+		// capabilities on the upper as the kernel does for any chown.
+		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
 		Debug:                opts.Debug,
 	}
 	if rootless {
@@ -116,9 +127,9 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	}
 	// The root's layer objects are inode 1.
 	if o, err := u.Lookup(""); err == nil {
-		fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, 1)
+		fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{ino: 1})
 	}
-	return &Server{Server: srv, Mountpoint: mountpoint}, nil
+	return &Server{Server: srv, Mountpoint: mountpoint, keep: keep}, nil
 }
 
 // Access answers access(2) for rootless mounts, which have no
@@ -133,18 +144,20 @@ var _ gofs.NodeAccesser = (*node)(nil)
 // clearStale unmounts a dead mount left at mountpoint (its daemon was
 // killed: "transport endpoint is not connected") so it can be reused.
 func clearStale(mountpoint string) error {
-	var st unix.Stat_t
-	err := unix.Stat(mountpoint, &st)
-	if err == nil {
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return fmt.Errorf("mountpoint %s: not a directory", mountpoint)
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(mountpoint, &sfs); err == unix.ENOTCONN {
+		if err := Unmount(mountpoint, true); err != nil {
+			return err
 		}
-		return nil
 	}
-	if err != unix.ENOTCONN {
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
 		return fmt.Errorf("mountpoint %s: %w", mountpoint, err)
 	}
-	return Unmount(mountpoint, true)
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("mountpoint %s: not a directory", mountpoint)
+	}
+	return nil
 }
 
 // Unmount unmounts a layerfs mount; lazy detaches it even while busy or

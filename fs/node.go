@@ -21,7 +21,10 @@ type filesystem struct {
 	inos     inoTable
 	root     *node
 	rootless bool
-	timeout  time.Duration
+	// passthrough: the kernel may back open files with layer files (root
+	// only; go-fuse turns it off by itself where the kernel refuses).
+	passthrough bool
+	timeout     time.Duration
 }
 
 // node is a FUSE inode. It holds no path: paths come from go-fuse's tree
@@ -37,6 +40,8 @@ type node struct {
 	mu           sync.Mutex
 	opens        int
 	backingLower bool
+	// staled: this node already sent an open back with ESTALE (file.go).
+	staled bool
 }
 
 var (
@@ -99,12 +104,12 @@ func caller(ctx context.Context) overlay.Owner {
 // generation): a copy-up through one name must not be applied to the
 // other, as with the kernel's overlayfs.
 func (fs *filesystem) identity(rel string, o *overlay.Object) gofs.StableAttr {
-	ino := fs.inos.get(inoKey{o.Layer, o.Stat.Ino})
-	attr := gofs.StableAttr{Mode: o.Stat.Mode & unix.S_IFMT, Ino: ino}
+	id := fs.inos.get(inoKey{o.Layer, o.Stat.Ino})
+	attr := gofs.StableAttr{Mode: o.Stat.Mode & unix.S_IFMT, Ino: id.ino, Gen: id.gen}
 	if !o.InUpper() && !o.IsDir() && o.Stat.Nlink > 1 {
 		h := fnv.New64a()
 		h.Write([]byte(rel))
-		attr.Gen = h.Sum64() | 1
+		attr.Gen = h.Sum64()>>1 | 1
 	}
 	return attr
 }
@@ -143,7 +148,8 @@ func (n *node) newChild(ctx context.Context, rel string, o *overlay.Object, out 
 // (a copy-up): the new layer object is an alias of the old number.
 func (n *node) adopt(o *overlay.Object) {
 	if o.Layer == overlay.UpperLayer {
-		n.fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, n.StableAttr().Ino)
+		a := n.StableAttr()
+		n.fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{a.Ino, a.Gen})
 	}
 }
 

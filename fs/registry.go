@@ -172,15 +172,28 @@ func List() ([]MountInfo, error) {
 	return out, nil
 }
 
+// pidAlive reports whether a process runs. A killed daemon whose parent
+// is gone may linger as a zombie until init reaps it; that is dead too.
 func pidAlive(pid int) bool {
-	return pid > 0 && unix.Kill(pid, 0) != unix.ESRCH
+	if pid <= 0 || unix.Kill(pid, 0) == unix.ESRCH {
+		return false
+	}
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// pid (comm) STATE ...: comm may hold spaces and parentheses.
+	if i := strings.LastIndexByte(string(data), ')'); i >= 0 && i+2 < len(data) {
+		return data[i+2] != 'Z' && data[i+2] != 'X'
+	}
+	return true
 }
 
-// answers reports whether a mount's daemon serves it: a dead one gives
-// ENOTCONN.
+// answers reports whether a mount's daemon serves it. statfs always
+// reaches the daemon (attributes may be cached); a dead one gives ENOTCONN.
 func answers(mountpoint string) bool {
-	var st unix.Stat_t
-	return unix.Stat(mountpoint, &st) != unix.ENOTCONN
+	var st unix.Statfs_t
+	return unix.Statfs(mountpoint, &st) != unix.ENOTCONN
 }
 
 // Find returns the layerfs mount at mountpoint.

@@ -254,18 +254,29 @@ func (u *Union) stat(o *Object) error {
 }
 
 // applyOverride lays a recorded override_stat over the object's stat.
-// Reading it costs one getxattr per stat; only layers written without
-// privileges carry one, but any layer may come from such a writer.
+// Only layers written without privileges carry one, but any layer may
+// come from such a writer, so every stat pays one listxattr (most objects
+// have no xattrs at all, which that one call tells).
 func (u *Union) applyOverride(o *Object) error {
-	v, err := getXattr(o.Path, XattrOverrideStat)
-	if err == unix.ENODATA || err == unix.ENOTSUP || err == unix.EOPNOTSUPP {
-		v, err = getXattr(o.Path, xattrOverrideStatOld)
-	}
+	names, err := readXattrNames(o.Path)
 	if err != nil {
-		if err == unix.ENODATA || err == unix.ENOTSUP || err == unix.EOPNOTSUPP || err == unix.EPERM {
+		if err == unix.EPERM || err == unix.EOPNOTSUPP {
 			return nil
 		}
-		return &os.PathError{Op: "getxattr", Path: o.Path, Err: err}
+		return &os.PathError{Op: "listxattr", Path: o.Path, Err: err}
+	}
+	name := ""
+	for _, n := range names {
+		if n == XattrOverrideStat || (n == xattrOverrideStatOld && name == "") {
+			name = n
+		}
+	}
+	if name == "" {
+		return nil
+	}
+	v, err := getXattr(o.Path, name)
+	if err != nil {
+		return nil // removed meanwhile
 	}
 	ov, err := ParseOverride(v)
 	if err != nil {
