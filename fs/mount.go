@@ -95,7 +95,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		// FATTR_KILL_SUIDGID, and chown by the daemon drops setuid bits and
 		// capabilities on the upper as the kernel does for any chown.
 		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
-		Debug:                opts.Debug,
+		Debug:             opts.Debug,
 	}
 	if rootless {
 		// Without default_permissions the kernel leaves access checks to
