@@ -294,7 +294,6 @@ func (u *Union) whiteout(rel string) error {
 		if ferr != nil {
 			return ferr
 		}
-		u.aufsUpper = true
 		return f.Close()
 	}
 	return err

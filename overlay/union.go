@@ -26,10 +26,6 @@ type Union struct {
 	upper    string // "" when read-only
 	work     string
 	rootless bool
-	// aufsUpper: the upper holds .wh.NAME whiteout files (written by
-	// fuse-overlayfs without mknod), which lookups must then look for.
-	aufsUpper bool
-
 	ns     sync.RWMutex
 	tmpSeq atomic.Uint64
 
@@ -90,7 +86,6 @@ func NewUnion(o UnionOptions) (*Union, error) {
 	if err == nil && !strings.HasPrefix(rel, "..") {
 		return nil, fmt.Errorf("workdir %s is inside the upper %s: it would become part of the layer", o.Work, o.Upper)
 	}
-	u.aufsUpper = hasAufsWhiteouts(o.Upper)
 	return u, nil
 }
 
@@ -103,19 +98,6 @@ func checkDir(p string) error {
 		return errors.New("not a directory")
 	}
 	return nil
-}
-
-// hasAufsWhiteouts reports whether an upper holds any .wh. file, which
-// only writers that could not mknod leave.
-func hasAufsWhiteouts(upper string) bool {
-	found := errors.New("found")
-	err := filepath.WalkDir(upper, func(p string, d os.DirEntry, err error) error {
-		if err == nil && IsReservedName(d.Name()) {
-			return found
-		}
-		return nil
-	})
-	return err == found
 }
 
 // ReadOnly reports whether the union has no upper.
@@ -209,12 +191,13 @@ func (u *Union) lookupObject(rel string) (Object, error) {
 				}
 			}
 			return o, u.applyOverride(&o)
-		case err == unix.ENOENT || err == unix.ENOTDIR:
-			if u.aufsUpper {
-				if hidden, _ := exists(filepath.Join(u.upper, pdir, WhiteoutPrefix+name)); hidden {
-					return o, unix.ENOENT
-				}
+		case err == unix.ENOENT:
+			// A .wh.NAME file is how fuse-overlayfs (and this daemon, where
+			// mknod is refused) writes a whiteout without privileges.
+			if hidden, _ := exists(filepath.Join(u.upper, pdir, WhiteoutPrefix+name)); hidden {
+				return o, unix.ENOENT
 			}
+		case err == unix.ENOTDIR:
 		default:
 			return o, &os.PathError{Op: "lstat", Path: p, Err: err}
 		}
