@@ -81,7 +81,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		return nil, 0, errno(err)
 	}
 	if !wasUpper && o.InUpper() {
-		n.adopt(&o)
+		n.adoptSync(&o, true)
 	}
 	if o.InUpper() && n.fsys.passthrough {
 		n.mu.Lock()

@@ -52,6 +52,9 @@ type Server struct {
 // goes through fusermount3 and decides permissions itself.
 func Mount(mountpoint string, opts Options) (*Server, error) {
 	rootless := os.Geteuid() != 0
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Hour
+	}
 	if opts.Upper != "" && opts.Work == "" {
 		opts.Work = DefaultWorkdir(opts.Upper)
 	}
@@ -64,21 +67,19 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless})
+	fsys := &filesystem{rootless: rootless, passthrough: !rootless, timeout: opts.Timeout}
+	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless, OnCopyUp: fsys.copiedUp})
 	if err != nil {
 		return nil, err
 	}
+	fsys.u = u
 	if err := clearStale(mountpoint); err != nil {
 		return nil, err
-	}
-	if opts.Timeout == 0 {
-		opts.Timeout = time.Hour
 	}
 	// Creating files with exactly the modes asked for: the kernel has
 	// already applied the caller's umask.
 	syscall.Umask(0)
 
-	fsys := &filesystem{u: u, rootless: rootless, passthrough: !rootless, timeout: opts.Timeout}
 	root := &node{fsys: fsys}
 	fsys.root = root
 	ttl := opts.Timeout

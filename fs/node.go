@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"hash/fnv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -146,12 +147,36 @@ func (n *node) newChild(ctx context.Context, rel string, o *overlay.Object, out 
 
 // adopt keeps a node's inode number when the object serving it changes
 // (a copy-up): the new layer object is an alias of the old number.
-func (n *node) adopt(o *overlay.Object) {
-	if o.Layer == overlay.UpperLayer {
-		a := n.StableAttr()
-		n.fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{a.Ino, a.Gen})
+//
+// The exception is a file of a lower hardlink group: its copy is out of the
+// group and, as on the kernel's overlayfs, gets a number of its own. The
+// kernel is made to look the name up again to meet it: at once from an
+// open (which holds no directory lock), else off the request path, as the
+// request may hold the parent directory's lock.
+func (n *node) adopt(o *overlay.Object) { n.adoptSync(o, false) }
+
+func (n *node) adoptSync(o *overlay.Object, sync bool) {
+	if o.Layer != overlay.UpperLayer {
+		return
 	}
+	a := n.StableAttr()
+	if isLowerLinkGen(a.Gen) {
+		n.fsys.inos.get(inoKey{o.Layer, o.Stat.Ino})
+		if name, parent := n.Parent(); parent != nil {
+			if sync {
+				parent.NotifyEntry(name)
+			} else {
+				go parent.NotifyEntry(name)
+			}
+		}
+		return
+	}
+	n.fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{a.Ino, a.Gen})
 }
+
+// isLowerLinkGen tells the path-derived generations of lower hardlink
+// nodes (see identity) from the fresh ones of inoTable.newGen.
+func isLowerLinkGen(gen uint64) bool { return gen != 0 && gen&(1<<63) == 0 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	rel, ok := n.child(name)
@@ -478,4 +503,20 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	}
 	out.FromStatfsT(&st)
 	return 0
+}
+
+// copiedUp drops the kernel's cached attributes of a copied-up object: a
+// directory that was a lower one is merged now (nlink 1). Only nodes the
+// kernel holds matter; the invalidation is sent off the request path.
+func (fs *filesystem) copiedUp(rel string) {
+	n := fs.root.EmbeddedInode()
+	for _, name := range strings.Split(rel, "/") {
+		if name == "" {
+			continue
+		}
+		if n = n.GetChild(name); n == nil {
+			return
+		}
+	}
+	go n.NotifyContent(-1, 0)
 }

@@ -59,9 +59,20 @@ func (u *Union) copyUp(rel string, noData bool) (Object, error) {
 		os.RemoveAll(tmp)
 		return o, fmt.Errorf("copy up %s: %w", rel, err)
 	}
+	// A copy-up is not a change of the parent directory: its times stay
+	// what they were, as on the kernel's overlayfs.
+	pdir, _ := Split(rel)
+	var pst unix.Stat_t
+	parentTimes := rel != "" && unix.Lstat(u.upperPath(pdir), &pst) == nil
 	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, u.upperPath(rel), unix.RENAME_NOREPLACE); err != nil {
 		os.RemoveAll(tmp)
 		return o, fmt.Errorf("copy up %s: %w", rel, err)
+	}
+	if parentTimes {
+		unix.UtimesNanoAt(unix.AT_FDCWD, u.upperPath(pdir), []unix.Timespec{pst.Atim, pst.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if u.onCopyUp != nil {
+		u.onCopyUp(rel)
 	}
 	return u.lookup(rel)
 }

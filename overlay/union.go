@@ -28,6 +28,9 @@ type Union struct {
 	rootless bool
 	ns     sync.RWMutex
 	tmpSeq atomic.Uint64
+	// onCopyUp hears of each copy-up: it changes what stat says of the
+	// object (a copied-up directory becomes a merged one).
+	onCopyUp func(rel string)
 
 	hideMu  sync.Mutex
 	hideGen uint64
@@ -50,6 +53,9 @@ type UnionOptions struct {
 	// user.containers.override_stat, and marks opaque dirs with
 	// user.overlay.opaque, as containers/storage and fuse-overlayfs do.
 	Rootless bool
+	// OnCopyUp, if set, is called (under the namespace lock) with the path
+	// of each object copied up.
+	OnCopyUp func(rel string)
 }
 
 // Layer numbers in identities: the upper is 0, the lowers 1.. from the top.
@@ -62,7 +68,7 @@ func NewUnion(o UnionOptions) (*Union, error) {
 			return nil, fmt.Errorf("lower %s: %w", l, err)
 		}
 	}
-	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, hides: map[string]hideState{}}
+	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, onCopyUp: o.OnCopyUp, hides: map[string]hideState{}}
 	if o.Upper == "" {
 		return u, nil
 	}
