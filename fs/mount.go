@@ -169,7 +169,17 @@ func Unmount(mountpoint string, lazy bool) error {
 		if lazy {
 			flags = unix.MNT_DETACH
 		}
-		if err := unix.Unmount(mountpoint, flags); err != nil {
+		// Any path walk through the mount (a stat by another process, a
+		// `layerfs mounts`) makes it busy for an instant; only a busy
+		// mount that stays busy is reported.
+		var err error
+		for try := 0; try < 20; try++ {
+			if err = unix.Unmount(mountpoint, flags); err != unix.EBUSY {
+				break
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+		if err != nil {
 			return fmt.Errorf("unmount %s: %w", mountpoint, err)
 		}
 		return nil

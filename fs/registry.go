@@ -139,6 +139,13 @@ func unescapeMountinfo(s string) string {
 // List returns the layerfs mounts: those the kernel lists, with what their
 // daemons recorded, and records whose mount is gone.
 func List() ([]MountInfo, error) {
+	return list("")
+}
+
+// list does List, for one mountpoint only when only is set: telling a
+// mount alive takes a statfs of it, which makes a concurrent umount of
+// that mount fail with EBUSY, so others are left alone.
+func list(only string) ([]MountInfo, error) {
 	mounted, err := kernelMounts()
 	if err != nil {
 		return nil, err
@@ -164,6 +171,9 @@ func List() ([]MountInfo, error) {
 	}
 	out := make([]MountInfo, 0, len(byPoint))
 	for mp, m := range byPoint {
+		if only != "" && mp != only {
+			continue
+		}
 		m.Mounted = mounted[mp]
 		m.Alive = m.Mounted && pidAlive(m.PID) && answers(mp)
 		out = append(out, m)
@@ -172,8 +182,6 @@ func List() ([]MountInfo, error) {
 	return out, nil
 }
 
-// pidAlive reports whether a process runs. A killed daemon whose parent
-// is gone may linger as a zombie until init reaps it; that is dead too.
 func pidAlive(pid int) bool {
 	if pid <= 0 || unix.Kill(pid, 0) == unix.ESRCH {
 		return false
@@ -198,7 +206,7 @@ func answers(mountpoint string) bool {
 
 // Find returns the layerfs mount at mountpoint.
 func Find(mountpoint string) (MountInfo, bool, error) {
-	all, err := List()
+	all, err := list(mountpoint)
 	if err != nil {
 		return MountInfo{}, false, err
 	}

@@ -22,8 +22,6 @@ type cli struct {
 	Mount  mountCmd  `cmd:"" help:"Mount layer dirs as a union filesystem (FUSE) whose changes land in an upper dir."`
 	Umount umountCmd `cmd:"" help:"Unmount a layerfs mount, or clear dead ones (--stale)."`
 	Mounts mountsCmd `cmd:"" help:"List the layerfs mounts."`
-
-	Robind robindCmd `cmd:"" name:"__robind" hidden:"" help:"(internal) make read-only lower mounts for a daemon."`
 }
 
 // env is what every verb gets to run with.

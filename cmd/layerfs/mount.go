@@ -315,10 +315,3 @@ func (c *mountsCmd) Run(e *env) error {
 	}
 	return tw.Flush()
 }
-
-// robindCmd is the helper readOnlyLowers runs in a private mount namespace.
-type robindCmd struct {
-	Dirs []string `arg:""`
-}
-
-func (c *robindCmd) Run(e *env) error { return fs.RobindHelper(c.Dirs) }
