@@ -75,13 +75,13 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	}
 	// The kernel tracks the append offset; the daemon writes at offsets.
 	fl := int(flags) &^ (unix.O_APPEND | fuse.FMODE_EXEC)
-	wasUpper := n.inUpper(rel)
 	fd, o, err := n.fsys.u.Open(rel, fl)
+	// An open holds no directory lock: the kernel can be told at once, so
+	// that the caller's next stat already meets a split hardlink's new
+	// number.
+	n.fsys.notify(true)
 	if err != nil {
 		return nil, 0, errno(err)
-	}
-	if !wasUpper && o.InUpper() {
-		n.adoptSync(&o, true)
 	}
 	if o.InUpper() && n.fsys.passthrough {
 		n.mu.Lock()

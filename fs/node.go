@@ -26,6 +26,9 @@ type filesystem struct {
 	// only; go-fuse turns it off by itself where the kernel refuses).
 	passthrough bool
 	timeout     time.Duration
+
+	pendingMu sync.Mutex
+	pending   []pendingNotify
 }
 
 // node is a FUSE inode. It holds no path: paths come from go-fuse's tree
@@ -145,39 +148,6 @@ func (n *node) newChild(ctx context.Context, rel string, o *overlay.Object, out 
 	return n.NewInode(ctx, &node{fsys: n.fsys}, n.fsys.identity(rel, o))
 }
 
-// adopt keeps a node's inode number when the object serving it changes
-// (a copy-up): the new layer object is an alias of the old number.
-//
-// The exception is a file of a lower hardlink group: its copy is out of the
-// group and, as on the kernel's overlayfs, gets a number of its own. The
-// kernel is made to look the name up again to meet it: at once from an
-// open (which holds no directory lock), else off the request path, as the
-// request may hold the parent directory's lock.
-func (n *node) adopt(o *overlay.Object) { n.adoptSync(o, false) }
-
-func (n *node) adoptSync(o *overlay.Object, sync bool) {
-	if o.Layer != overlay.UpperLayer {
-		return
-	}
-	a := n.StableAttr()
-	if isLowerLinkGen(a.Gen) {
-		n.fsys.inos.get(inoKey{o.Layer, o.Stat.Ino})
-		if name, parent := n.Parent(); parent != nil {
-			if sync {
-				parent.NotifyEntry(name)
-			} else {
-				go parent.NotifyEntry(name)
-			}
-		}
-		return
-	}
-	n.fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{a.Ino, a.Gen})
-}
-
-// isLowerLinkGen tells the path-derived generations of lower hardlink
-// nodes (see identity) from the fresh ones of inoTable.newGen.
-func isLowerLinkGen(gen uint64) bool { return gen != 0 && gen&(1<<63) == 0 }
-
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	rel, ok := n.child(name)
 	if !ok {
@@ -255,11 +225,14 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		}
 	}
 	o, err := n.fsys.u.Setattr(rel, a)
+	n.fsys.notify(false)
 	if err != nil {
 		return errno(err)
 	}
-	n.adopt(&o)
 	n.fsys.fill(&o, &out.Attr)
+	// The kernel takes st_ino from every attribute reply, and go-fuse
+	// only puts the node's number into GETATTR's.
+	out.Ino = n.StableAttr().Ino
 	// go-fuse leaves the reply's timeout at zero, which would make the
 	// kernel ask again at once (research/fuse.md §5).
 	out.SetTimeout(n.fsys.timeout)
@@ -279,6 +252,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, syscall.ENOENT
 	}
 	fd, o, err := n.fsys.u.Create(rel, int(flags)&^unix.O_APPEND, mode, caller(ctx))
+	n.fsys.notify(false)
 	if err != nil {
 		return nil, nil, 0, errno(err)
 	}
@@ -293,6 +267,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		return nil, syscall.ENOENT
 	}
 	o, err := n.fsys.u.Mkdir(rel, mode, caller(ctx))
+	n.fsys.notify(false)
 	if err != nil {
 		return nil, errno(err)
 	}
@@ -305,6 +280,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 		return nil, syscall.ENOENT
 	}
 	o, err := n.fsys.u.Mknod(rel, mode, uint64(rdev), caller(ctx))
+	n.fsys.notify(false)
 	if err != nil {
 		return nil, errno(err)
 	}
@@ -317,6 +293,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 		return nil, syscall.ENOENT
 	}
 	o, err := n.fsys.u.Symlink(target, rel, caller(ctx))
+	n.fsys.notify(false)
 	if err != nil {
 		return nil, errno(err)
 	}
@@ -334,12 +311,12 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, syscall.ENOENT
 	}
 	o, err := n.fsys.u.Link(trel, rel)
+	n.fsys.notify(false)
 	if err != nil {
 		return nil, errno(err)
 	}
 	// The source was copied up (if it was not yet); both names are now
-	// one upper inode, which keeps the source's number.
-	tn.adopt(&o)
+	// one upper inode, which kept the source's number.
 	n.fsys.entryOut(&o, out)
 	return tn.EmbeddedInode(), 0
 }
@@ -350,7 +327,9 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.ENOENT
 	}
 	o, lerr := n.fsys.u.Lookup(rel)
-	if err := n.fsys.u.Unlink(rel); err != nil {
+	err := n.fsys.u.Unlink(rel)
+	n.fsys.notify(false)
+	if err != nil {
 		return errno(err)
 	}
 	if lerr == nil && o.InUpper() && o.Stat.Nlink <= 1 {
@@ -365,7 +344,9 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return syscall.ENOENT
 	}
 	o, lerr := n.fsys.u.Lookup(rel)
-	if err := n.fsys.u.Rmdir(rel); err != nil {
+	err := n.fsys.u.Rmdir(rel)
+	n.fsys.notify(false)
+	if err != nil {
 		return errno(err)
 	}
 	if lerr == nil && o.InUpper() {
@@ -384,18 +365,11 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok1 || !ok2 {
 		return syscall.ENOENT
 	}
-	src, serr := n.fsys.u.Lookup(oldRel)
 	dst, derr := n.fsys.u.Lookup(newRel)
-	if err := n.fsys.u.Rename(oldRel, newRel, uint(flags)); err != nil {
+	err := n.fsys.u.Rename(oldRel, newRel, uint(flags))
+	n.fsys.notify(false)
+	if err != nil {
 		return errno(err)
-	}
-	// The source may have been copied up on the way: keep its number.
-	if serr == nil && !src.InUpper() {
-		if ch := n.GetChild(name); ch != nil {
-			if o, err := n.fsys.u.Lookup(newRel); err == nil {
-				ch.Operations().(*node).adopt(&o)
-			}
-		}
 	}
 	if derr == nil && dst.InUpper() && flags&unix.RENAME_EXCHANGE == 0 && (dst.IsDir() || dst.Stat.Nlink <= 1) {
 		n.fsys.inos.forget(inoKey{dst.Layer, dst.Stat.Ino}) // replaced
@@ -460,12 +434,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if !ok {
 		return syscall.ENOENT
 	}
-	wasUpper := n.inUpper(rel)
-	if err := n.fsys.u.SetXattr(rel, attr, data, int(flags)); err != nil {
-		return errno(err)
-	}
-	n.afterCopyUp(rel, wasUpper)
-	return 0
+	err := n.fsys.u.SetXattr(rel, attr, data, int(flags))
+	n.fsys.notify(false)
+	return errno(err)
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
@@ -473,27 +444,9 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if !ok {
 		return syscall.ENOENT
 	}
-	wasUpper := n.inUpper(rel)
-	if err := n.fsys.u.RemoveXattr(rel, attr); err != nil {
-		return errno(err)
-	}
-	n.afterCopyUp(rel, wasUpper)
-	return 0
-}
-
-func (n *node) inUpper(rel string) bool {
-	o, err := n.fsys.u.Lookup(rel)
-	return err == nil && o.InUpper()
-}
-
-// afterCopyUp keeps the node's number if the operation just copied it up.
-func (n *node) afterCopyUp(rel string, wasUpper bool) {
-	if wasUpper {
-		return
-	}
-	if o, err := n.fsys.u.Lookup(rel); err == nil {
-		n.adopt(&o)
-	}
+	err := n.fsys.u.RemoveXattr(rel, attr)
+	n.fsys.notify(false)
+	return errno(err)
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
@@ -505,18 +458,74 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
-// copiedUp drops the kernel's cached attributes of a copied-up object: a
-// directory that was a lower one is merged now (nlink 1). Only nodes the
-// kernel holds matter; the invalidation is sent off the request path.
-func (fs *filesystem) copiedUp(rel string) {
+// copiedUp keeps a copied-up object's inode number: its upper file
+// becomes an alias of the number its lower file had, as st_ino survives a
+// copy-up on the kernel's overlayfs. The exception is a file of a lower
+// hardlink group: its copy leaves the group and, as on the kernel's
+// overlayfs, gets a number of its own; the kernel must look the name up
+// again to meet it. Either way the kernel's cached attributes are stale (a
+// copied-up directory is a merged one, nlink 1). Those kernel
+// notifications are queued: they may only be sent once the union's lock is
+// released, and some only off the request path (see notify).
+func (fs *filesystem) copiedUp(rel string, from, to overlay.Object) {
+	split := !from.IsDir() && from.Stat.Nlink > 1
+	if !split {
+		fs.inos.alias(inoKey{to.Layer, to.Stat.Ino}, fs.inos.get(inoKey{from.Layer, from.Stat.Ino}))
+	}
+	fs.pendingMu.Lock()
+	fs.pending = append(fs.pending, pendingNotify{rel: rel, entry: split})
+	fs.pendingMu.Unlock()
+}
+
+type pendingNotify struct {
+	rel   string
+	entry bool // drop the name (a new identity), not just the attributes
+}
+
+// notify sends the queued invalidations. sync is for requests that hold no
+// directory lock (open): invalidating an entry locks its parent, which a
+// create, link or rename request already holds.
+func (fs *filesystem) notify(sync bool) {
+	fs.pendingMu.Lock()
+	todo := fs.pending
+	fs.pending = nil
+	fs.pendingMu.Unlock()
+	if len(todo) == 0 {
+		return
+	}
+	send := func() {
+		for _, p := range todo {
+			dir, name := overlay.Split(p.rel)
+			parent := fs.nodeAt(dir)
+			if parent == nil {
+				continue
+			}
+			if p.entry {
+				parent.NotifyEntry(name)
+			} else if ch := parent.GetChild(name); ch != nil && p.rel != "" {
+				ch.NotifyContent(-1, 0)
+			} else if p.rel == "" {
+				parent.NotifyContent(-1, 0)
+			}
+		}
+	}
+	if sync {
+		send()
+	} else {
+		go send()
+	}
+}
+
+// nodeAt finds the node the kernel holds for rel, if any.
+func (fs *filesystem) nodeAt(rel string) *gofs.Inode {
 	n := fs.root.EmbeddedInode()
 	for _, name := range strings.Split(rel, "/") {
 		if name == "" {
 			continue
 		}
 		if n = n.GetChild(name); n == nil {
-			return
+			return nil
 		}
 	}
-	go n.NotifyContent(-1, 0)
+	return n
 }

@@ -71,10 +71,11 @@ func (u *Union) copyUp(rel string, noData bool) (Object, error) {
 	if parentTimes {
 		unix.UtimesNanoAt(unix.AT_FDCWD, u.upperPath(pdir), []unix.Timespec{pst.Atim, pst.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
 	}
-	if u.onCopyUp != nil {
-		u.onCopyUp(rel)
+	up, err := u.lookup(rel)
+	if err == nil && u.onCopyUp != nil {
+		u.onCopyUp(rel, o, up)
 	}
-	return u.lookup(rel)
+	return up, err
 }
 
 // cloneObject creates dst as a copy of src: data (for files), owner,

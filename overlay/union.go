@@ -28,9 +28,10 @@ type Union struct {
 	rootless bool
 	ns     sync.RWMutex
 	tmpSeq atomic.Uint64
-	// onCopyUp hears of each copy-up: it changes what stat says of the
-	// object (a copied-up directory becomes a merged one).
-	onCopyUp func(rel string)
+	// onCopyUp hears of each copy-up: the object is served by another
+	// layer file now, and stat may say other things of it (a copied-up
+	// directory is a merged one).
+	onCopyUp func(rel string, from, to Object)
 
 	hideMu  sync.Mutex
 	hideGen uint64
@@ -53,9 +54,9 @@ type UnionOptions struct {
 	// user.containers.override_stat, and marks opaque dirs with
 	// user.overlay.opaque, as containers/storage and fuse-overlayfs do.
 	Rootless bool
-	// OnCopyUp, if set, is called (under the namespace lock) with the path
-	// of each object copied up.
-	OnCopyUp func(rel string)
+	// OnCopyUp, if set, is called (under the namespace lock) for each
+	// object copied up, with the object before and after.
+	OnCopyUp func(rel string, from, to Object)
 }
 
 // Layer numbers in identities: the upper is 0, the lowers 1.. from the top.
