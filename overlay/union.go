@@ -26,8 +26,8 @@ type Union struct {
 	upper    string // "" when read-only
 	work     string
 	rootless bool
-	ns     sync.RWMutex
-	tmpSeq atomic.Uint64
+	ns       sync.RWMutex
+	tmpSeq   atomic.Uint64
 	// onCopyUp hears of each copy-up: the object is served by another
 	// layer file now, and stat may say other things of it (a copied-up
 	// directory is a merged one).
