@@ -482,30 +482,33 @@ type pendingNotify struct {
 	entry bool // drop the name (a new identity), not just the attributes
 }
 
-// notify sends the queued invalidations. sync is for requests that hold no
-// directory lock (open): invalidating an entry locks its parent, which a
-// create, link or rename request already holds.
+// notify sends the queued invalidations. Attribute invalidations are
+// sent at once: the kernel takes no lock for them, and the caller's next
+// stat must not meet stale attributes. Dropping a name locks its parent
+// directory, which a create, link or rename request already holds; so
+// that waits for the request to end, unless sync says the request holds
+// no directory lock (open).
 func (fs *filesystem) notify(sync bool) {
 	fs.pendingMu.Lock()
 	todo := fs.pending
 	fs.pending = nil
 	fs.pendingMu.Unlock()
-	if len(todo) == 0 {
+	var entries []pendingNotify
+	for _, p := range todo {
+		if p.entry {
+			entries = append(entries, p)
+		} else if n := fs.nodeAt(p.rel); n != nil {
+			n.NotifyContent(-1, 0)
+		}
+	}
+	if len(entries) == 0 {
 		return
 	}
 	send := func() {
-		for _, p := range todo {
+		for _, p := range entries {
 			dir, name := overlay.Split(p.rel)
-			parent := fs.nodeAt(dir)
-			if parent == nil {
-				continue
-			}
-			if p.entry {
+			if parent := fs.nodeAt(dir); parent != nil {
 				parent.NotifyEntry(name)
-			} else if ch := parent.GetChild(name); ch != nil && p.rel != "" {
-				ch.NotifyContent(-1, 0)
-			} else if p.rel == "" {
-				parent.NotifyContent(-1, 0)
 			}
 		}
 	}
