@@ -316,9 +316,10 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, errno(err)
 	}
 	// The source was copied up (if it was not yet); both names are now
-	// one upper inode, which kept the source's number.
-	n.fsys.entryOut(&o, out)
-	return tn.EmbeddedInode(), 0
+	// one upper inode. It kept the source's number, and then this is the
+	// source's node again; or it left a lower hardlink group and has a new
+	// number, and the source's node is stale.
+	return n.newChild(ctx, rel, &o, out), 0
 }
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
@@ -514,8 +515,19 @@ func (fs *filesystem) notify(sync bool) {
 	}
 	if sync {
 		send()
-	} else {
-		go send()
+		return
+	}
+	// The request may hold the very lock the invalidation needs, so it
+	// cannot simply wait; but mostly it does not, and then the caller's
+	// next call already meets the new name. Wait a moment for that.
+	done := make(chan struct{})
+	go func() {
+		send()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(50 * time.Millisecond):
 	}
 }
 
