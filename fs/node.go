@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"errors"
+	"log"
 	"hash/fnv"
 	"strings"
 	"sync"
@@ -85,12 +87,19 @@ func (n *node) child(name string) (string, bool) {
 	return overlay.Join(p, name), ok
 }
 
-// errno maps an error from the union to the errno the caller sees.
+// errno maps an error from the union to the errno the caller sees. An
+// error that carries none is a fault of the layers (a malformed override
+// record, say): logged, and EIO for the caller.
 func errno(err error) syscall.Errno {
 	if err == nil {
 		return 0
 	}
-	return gofs.ToErrno(err)
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	log.Printf("layerfs: %v", err)
+	return syscall.EIO
 }
 
 func caller(ctx context.Context) overlay.Owner {

@@ -97,9 +97,10 @@ func (tr Tree) Xattr(p, name, value string) Tree {
 	return tr
 }
 
-// Chmod sets permission bits.
-func (tr Tree) Chmod(p string, mode os.FileMode) Tree {
-	tr.check(os.Chmod(filepath.Join(tr.Root, p), mode))
+// Chmod sets the mode bits, setuid/setgid/sticky included (os.Chmod
+// would want them as os.ModeSetuid and friends).
+func (tr Tree) Chmod(p string, mode uint32) Tree {
+	tr.check(unix.Chmod(filepath.Join(tr.Root, p), mode))
 	return tr
 }
 
