@@ -3,8 +3,8 @@ package fs
 import (
 	"context"
 	"errors"
-	"log"
 	"hash/fnv"
+	"log"
 	"strings"
 	"sync"
 	"syscall"
