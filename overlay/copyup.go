@@ -113,7 +113,11 @@ func (u *Union) copyMeta(src, dst string, st *unix.Stat_t) error {
 	if err != nil {
 		return err
 	}
-	if err := u.setOwner(dst, st.Uid, st.Gid, st.Mode, raw[XattrOverrideStat] != "" || raw[xattrOverrideStatOld] != ""); err != nil {
+	hasOverride := raw[XattrOverrideStat] != "" || raw[xattrOverrideStatOld] != ""
+	if hasOverride {
+		u.upperOverrides.Store(true)
+	}
+	if err := u.setOwner(dst, st.Uid, st.Gid, st.Mode, hasOverride); err != nil {
 		return err
 	}
 	if !isLink {
@@ -184,6 +188,7 @@ func (u *Union) recordOverride(p string, uid, gid, mode uint32) error {
 	if o.Type == TypeSymlink {
 		return nil // Linux refuses user.* xattrs on symlinks; they keep the daemon's owner
 	}
+	u.upperOverrides.Store(true)
 	return unix.Lsetxattr(p, XattrOverrideStat, []byte(o.Format()), 0)
 }
 

@@ -27,18 +27,14 @@ func (u *Union) writable() error {
 // newOwner applies the setgid-directory rule the kernel would apply if
 // the caller created the object itself: the group of a setgid parent, and
 // for directories the setgid bit too.
-func (u *Union) newOwner(pdir string, owner Owner, mode uint32) (Owner, uint32, error) {
-	p, err := u.lookup(pdir)
-	if err != nil {
-		return owner, mode, err
-	}
-	if p.Stat.Mode&unix.S_ISGID != 0 {
-		owner.GID = p.Stat.Gid
+func newOwner(parent *Object, owner Owner, mode uint32) (Owner, uint32) {
+	if parent.Stat.Mode&unix.S_ISGID != 0 {
+		owner.GID = parent.Stat.Gid
 		if mode&unix.S_IFMT == unix.S_IFDIR {
 			mode |= unix.S_ISGID
 		}
 	}
-	return owner, mode, nil
+	return owner, mode
 }
 
 // upperWhiteoutAt reports whether the upper holds a whiteout at rel.
@@ -59,11 +55,12 @@ func (u *Union) prepareCreate(rel string, owner Owner, mode uint32) (Owner, uint
 		return owner, mode, false, err
 	}
 	pdir, _ := Split(rel)
-	if _, err := u.copyUp(pdir, false); err != nil {
+	parent, err := u.copyUp(pdir, false)
+	if err != nil {
 		return owner, mode, false, err
 	}
-	owner, mode, err := u.newOwner(pdir, owner, mode)
-	return owner, mode, u.upperWhiteoutAt(rel), err
+	owner, mode = newOwner(&parent, owner, mode)
+	return owner, mode, u.upperWhiteoutAt(rel), nil
 }
 
 // place moves a finished object from the workdir to rel. Over a whiteout
@@ -294,6 +291,7 @@ func (u *Union) whiteout(rel string) error {
 		if ferr != nil {
 			return ferr
 		}
+		u.aufsWhiteouts.Store(true)
 		return f.Close()
 	}
 	return err

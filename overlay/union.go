@@ -33,6 +33,20 @@ type Union struct {
 	// directory is a merged one).
 	onCopyUp func(rel string, from, to Object)
 
+	// Reading override_stat costs a listxattr per stat, on every lookup;
+	// most objects can be known not to have one. Lower objects never
+	// change, so what one listxattr told is cached. An upper object can
+	// only have one if this daemon wrote it (rootless), copied it up from a
+	// lower object that had one, or found it in an upper it did not start
+	// empty: upperOverrides says whether any of that may have happened.
+	overrideMu     sync.Mutex
+	lowerOverrides map[inoKey]bool
+	upperOverrides atomic.Bool
+	// aufsWhiteouts: the upper may hold .wh.NAME whiteout files, which
+	// negative lookups must then look for: a writer without mknod (older
+	// fuse-overlayfs, or this daemon where mknod is refused) leaves them.
+	aufsWhiteouts atomic.Bool
+
 	hideMu  sync.Mutex
 	hideGen uint64
 	hides   map[string]hideState
@@ -69,7 +83,7 @@ func NewUnion(o UnionOptions) (*Union, error) {
 			return nil, fmt.Errorf("lower %s: %w", l, err)
 		}
 	}
-	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, onCopyUp: o.OnCopyUp, hides: map[string]hideState{}}
+	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, onCopyUp: o.OnCopyUp, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
 	if o.Upper == "" {
 		return u, nil
 	}
@@ -78,6 +92,10 @@ func NewUnion(o UnionOptions) (*Union, error) {
 	}
 	if err := checkDir(o.Work); err != nil {
 		return nil, fmt.Errorf("workdir %s: %w", o.Work, err)
+	}
+	if ents, err := os.ReadDir(o.Upper); err != nil || len(ents) > 0 || o.Rootless {
+		u.upperOverrides.Store(true)
+		u.aufsWhiteouts.Store(true)
 	}
 	var su, sw unix.Stat_t
 	if err := unix.Stat(o.Upper, &su); err != nil {
@@ -128,6 +146,14 @@ type Object struct {
 	InLower bool
 	// Merged: a directory whose contents come from more than one layer.
 	Merged bool
+	// Override: Stat carries a recorded override_stat.
+	Override bool
+}
+
+// inoKey names a layer object.
+type inoKey struct {
+	layer int
+	ino   uint64
 }
 
 // InUpper reports whether the upper serves the object.
@@ -199,10 +225,10 @@ func (u *Union) lookupObject(rel string) (Object, error) {
 			}
 			return o, u.applyOverride(&o)
 		case err == unix.ENOENT:
-			// A .wh.NAME file is how fuse-overlayfs (and this daemon, where
-			// mknod is refused) writes a whiteout without privileges.
-			if hidden, _ := exists(filepath.Join(u.upper, pdir, WhiteoutPrefix+name)); hidden {
-				return o, unix.ENOENT
+			if u.aufsWhiteouts.Load() {
+				if hidden, _ := exists(filepath.Join(u.upper, pdir, WhiteoutPrefix+name)); hidden {
+					return o, unix.ENOENT
+				}
 			}
 		case err == unix.ENOTDIR:
 		default:
@@ -248,6 +274,19 @@ func (u *Union) stat(o *Object) error {
 // come from such a writer, so every stat pays one listxattr (most objects
 // have no xattrs at all, which that one call tells).
 func (u *Union) applyOverride(o *Object) error {
+	key := inoKey{o.Layer, o.Stat.Ino}
+	if o.InUpper() {
+		if !u.upperOverrides.Load() {
+			return nil
+		}
+	} else {
+		u.overrideMu.Lock()
+		has, known := u.lowerOverrides[key]
+		u.overrideMu.Unlock()
+		if known && !has {
+			return nil
+		}
+	}
 	names, err := readXattrNames(o.Path)
 	if err != nil {
 		if err == unix.EPERM || err == unix.EOPNOTSUPP {
@@ -261,9 +300,15 @@ func (u *Union) applyOverride(o *Object) error {
 			name = n
 		}
 	}
+	if !o.InUpper() {
+		u.overrideMu.Lock()
+		u.lowerOverrides[key] = name != ""
+		u.overrideMu.Unlock()
+	}
 	if name == "" {
 		return nil
 	}
+	o.Override = true
 	v, err := getXattr(o.Path, name)
 	if err != nil {
 		return nil // removed meanwhile
