@@ -33,7 +33,11 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	if errno := d.load(); errno != 0 {
 		return nil, 0, errno
 	}
-	return d, 0, 0
+	// The kernel may keep the listing: every change to a directory goes
+	// through this daemon, and the kernel drops its cached listing itself
+	// when an entry operation changes the directory. A warm walk then
+	// costs no request at all.
+	return d, fuse.FOPEN_CACHE_DIR, 0
 }
 
 func (d *dirHandle) load() syscall.Errno {
