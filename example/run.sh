@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The bundled example, offline: a base image from a plain rootfs, then a
-# package-manager-style change made through a real overlayfs mount (with
-# the merged-usr move of /bin into /usr/bin), committed as one layer.
-# Run it as root (overlayfs mounts need root). Output goes to example/out/.
+# package-manager-style change made through a layerfs mount (with the
+# merged-usr move of /bin into /usr/bin), committed as one layer.
+# Run it as root. Output goes to example/out/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -10,18 +10,19 @@ out=$here/out
 export SOURCE_DATE_EPOCH=1700000000 # same input, same digests, every run
 
 if [ "$(id -u)" != 0 ]; then
-	echo "example: run as root (it mounts overlayfs)" >&2
+	echo "example: run as root" >&2
 	exit 2
 fi
 mnt=
-cleanup() { [ -z "$mnt" ] || umount "$mnt" 2>/dev/null || true; }
+cleanup() { [ -z "$mnt" ] || "$layerfs" umount --lazy "$mnt" 2>/dev/null || true; }
 trap cleanup EXIT
 
 echo "== building layerfs"
 (cd "$root" && go build -o "$out/bin/layerfs" ./cmd/layerfs)
 layerfs=$out/bin/layerfs
-rm -rf "$out/base" "$out/upper" "$out/work" "$out/merged" "$out/image"
-mkdir -p "$out/base" "$out/upper" "$out/work" "$out/merged"
+"$layerfs" umount --lazy "$out/merged" 2>/dev/null || true
+rm -rf "$out/base" "$out/upper" "$out/.upper.layerfs-work" "$out/merged" "$out/image"
+mkdir -p "$out/base" "$out/merged"
 
 echo "== base layer: example/rootfs plus a static busybox in a real /bin"
 cp -a "$here/rootfs/." "$out/base/"
@@ -37,9 +38,10 @@ fi
 "$layerfs" commit --upper "$out/base" --image "oci:$out/image:base" \
 	--cmd /bin/sh --label org.opencontainers.image.title=layerfs-example
 
-echo "== an install through overlayfs: merged-usr, a new file, a deleted one"
+echo "== an install through a layerfs mount: merged-usr, a new file, a deleted one"
 mnt=$out/merged
-mount -t overlay overlay -o "lowerdir=$out/base,upperdir=$out/upper,workdir=$out/work,redirect_dir=off,metacopy=off,index=off" "$mnt"
+"$layerfs" mount --lower "$out/base" --upper "$out/upper" "$mnt"
+"$layerfs" mounts
 (
 	cd "$mnt"
 	mv bin/* usr/bin/
@@ -48,7 +50,7 @@ mount -t overlay overlay -o "lowerdir=$out/base,upperdir=$out/upper,workdir=$out
 	echo "installed by the example" > usr/share/doc/example/INSTALLED
 	rm etc/motd
 )
-umount "$mnt"
+"$layerfs" umount "$mnt"
 mnt=
 
 echo "== the upper holds only the delta:"

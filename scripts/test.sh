@@ -12,7 +12,7 @@ export CI=${CI:-1}
 
 packages=(
 	fuse3 fuse-overlayfs umoci skopeo podman runc docker-registry
-	busybox-static pigz attr acl libcap2-bin uidmap tar git
+	busybox-static pigz attr acl libcap2-bin uidmap tar git debootstrap
 )
 missing=()
 for p in "${packages[@]}"; do
