@@ -68,3 +68,7 @@ func (t *inoTable) forget(k inoKey) {
 	defer t.mu.Unlock()
 	delete(t.m, k)
 }
+
+// isLowerLinkGen tells the path-derived generations of lower hardlink
+// nodes (see filesystem.identity) from the fresh ones of newGen.
+func isLowerLinkGen(gen uint64) bool { return gen != 0 && gen&(1<<63) == 0 }

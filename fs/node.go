@@ -376,7 +376,13 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		return syscall.ENOENT
 	}
 	dst, derr := n.fsys.u.Lookup(newRel)
+	moved := n.GetChild(name)
 	err := n.fsys.u.Rename(oldRel, newRel, uint(flags))
+	if err == nil && moved != nil && isLowerLinkGen(moved.StableAttr().Gen) {
+		// A lower hardlink copied up on its way: its node is stale, and
+		// after the rename the kernel knows it by the new name.
+		n.fsys.queue(pendingNotify{rel: newRel, entry: true})
+	}
 	n.fsys.notify(false)
 	if err != nil {
 		return errno(err)
@@ -482,14 +488,18 @@ func (fs *filesystem) copiedUp(rel string, from, to overlay.Object) {
 	if !split {
 		fs.inos.alias(inoKey{to.Layer, to.Stat.Ino}, fs.inos.get(inoKey{from.Layer, from.Stat.Ino}))
 	}
-	fs.pendingMu.Lock()
-	fs.pending = append(fs.pending, pendingNotify{rel: rel, entry: split})
-	fs.pendingMu.Unlock()
+	fs.queue(pendingNotify{rel: rel, entry: split})
 }
 
 type pendingNotify struct {
 	rel   string
 	entry bool // drop the name (a new identity), not just the attributes
+}
+
+func (fs *filesystem) queue(p pendingNotify) {
+	fs.pendingMu.Lock()
+	fs.pending = append(fs.pending, p)
+	fs.pendingMu.Unlock()
 }
 
 // notify sends the queued invalidations. Attribute invalidations are

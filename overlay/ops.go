@@ -162,66 +162,29 @@ func (u *Union) Create(rel string, flags int, mode uint32, owner Owner) (int, Ob
 
 // Mkdir creates a directory.
 func (u *Union) Mkdir(rel string, mode uint32, owner Owner) (Object, error) {
-	u.ns.Lock()
-	defer u.ns.Unlock()
-	owner, mode, overWh, err := u.prepareCreate(rel, owner, mode&07777|unix.S_IFDIR)
-	if err != nil {
-		return Object{}, err
-	}
-	target := u.upperPath(rel)
-	if overWh {
-		target = u.workTemp()
-	}
-	if err := unix.Mkdir(target, 0o700); err != nil {
-		return Object{}, err
-	}
-	if err := u.finish(target, owner, mode); err != nil {
-		unix.Rmdir(target)
-		return Object{}, err
-	}
-	if overWh {
-		if err := u.place(target, rel, true, true); err != nil {
-			unix.Rmdir(target)
-			return Object{}, err
-		}
-		u.structureChanged()
-	}
-	return u.lookup(rel)
+	return u.create(rel, mode&07777|unix.S_IFDIR, owner,
+		func(p string) error { return unix.Mkdir(p, 0o700) }, unix.Rmdir)
 }
 
 // Mknod creates a device, fifo or socket.
 func (u *Union) Mknod(rel string, mode uint32, dev uint64, owner Owner) (Object, error) {
-	u.ns.Lock()
-	defer u.ns.Unlock()
-	owner, mode, overWh, err := u.prepareCreate(rel, owner, mode)
-	if err != nil {
-		return Object{}, err
-	}
-	target := u.upperPath(rel)
-	if overWh {
-		target = u.workTemp()
-	}
-	if err := unix.Mknod(target, mode&unix.S_IFMT|0o600, int(dev)); err != nil {
-		return Object{}, err
-	}
-	if err := u.finish(target, owner, mode); err != nil {
-		unix.Unlink(target)
-		return Object{}, err
-	}
-	if overWh {
-		if err := u.place(target, rel, true, false); err != nil {
-			unix.Unlink(target)
-			return Object{}, err
-		}
-	}
-	return u.lookup(rel)
+	return u.create(rel, mode, owner,
+		func(p string) error { return unix.Mknod(p, mode&unix.S_IFMT|0o600, int(dev)) }, unix.Unlink)
 }
 
 // Symlink creates a symbolic link.
 func (u *Union) Symlink(target, rel string, owner Owner) (Object, error) {
+	return u.create(rel, unix.S_IFLNK|0o777, owner,
+		func(p string) error { return unix.Symlink(target, p) }, unix.Unlink)
+}
+
+// create makes a new object at rel with mk: in place, or, over a
+// whiteout, in the workdir first and then moved over it (see place). rm
+// undoes mk after a failure.
+func (u *Union) create(rel string, mode uint32, owner Owner, mk, rm func(string) error) (Object, error) {
 	u.ns.Lock()
 	defer u.ns.Unlock()
-	owner, _, overWh, err := u.prepareCreate(rel, owner, unix.S_IFLNK|0o777)
+	owner, mode, overWh, err := u.prepareCreate(rel, owner, mode)
 	if err != nil {
 		return Object{}, err
 	}
@@ -229,17 +192,21 @@ func (u *Union) Symlink(target, rel string, owner Owner) (Object, error) {
 	if overWh {
 		p = u.workTemp()
 	}
-	if err := unix.Symlink(target, p); err != nil {
+	if err := mk(p); err != nil {
 		return Object{}, err
 	}
-	if err := u.finish(p, owner, unix.S_IFLNK|0o777); err != nil {
-		unix.Unlink(p)
+	if err := u.finish(p, owner, mode); err != nil {
+		rm(p)
 		return Object{}, err
 	}
+	isDir := mode&unix.S_IFMT == unix.S_IFDIR
 	if overWh {
-		if err := u.place(p, rel, true, false); err != nil {
-			unix.Unlink(p)
+		if err := u.place(p, rel, true, isDir); err != nil {
+			rm(p)
 			return Object{}, err
+		}
+		if isDir {
+			u.structureChanged()
 		}
 	}
 	return u.lookup(rel)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/containerd/containerd/v2/pkg/archive"
 )
@@ -14,20 +12,12 @@ import (
 // containerd's archive.Apply and no options: what the native snapshotter
 // (and any non-overlay mount) does in core/diff/apply.
 func ContainerdNaive(ctx context.Context, layoutDir, tag, work string) (string, func() error, error) {
-	root := filepath.Join(work, "rootfs")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return "", nil, fmt.Errorf("mkdir %s: %w", root, err)
-	}
-	err := forEachLayer(layoutDir, tag, func(_ int, r io.Reader) error {
+	return applyInto(layoutDir, tag, work, func(root string, r io.Reader) error {
 		if _, err := archive.Apply(ctx, root, r); err != nil {
 			return fmt.Errorf("containerd archive.Apply: %w", err)
 		}
 		return nil
 	})
-	if err != nil {
-		return "", nil, err
-	}
-	return root, noCleanup, nil
 }
 
 // ContainerdOverlay applies each layer into its own empty upper the way
@@ -38,15 +28,7 @@ func ContainerdNaive(ctx context.Context, layoutDir, tag, work string) (string, 
 // first, so that implied parent dirs copy their attributes. The layers are
 // then mounted as a kernel overlay, as the snapshotter presents them.
 func ContainerdOverlay(ctx context.Context, layoutDir, tag, work string) (string, func() error, error) {
-	n, err := LayerCount(layoutDir, tag)
-	if err != nil {
-		return "", nil, err
-	}
-	dirs, err := layerDirs(work, n)
-	if err != nil {
-		return "", nil, err
-	}
-	err = forEachLayer(layoutDir, tag, func(i int, r io.Reader) error {
+	return applyLayered(layoutDir, tag, work, func(dirs []string, i int, r io.Reader) error {
 		opts := []archive.ApplyOpt{archive.WithConvertWhiteout(archive.OverlayConvertWhiteout)}
 		if i > 0 {
 			parents := make([]string, 0, i)
@@ -60,8 +42,4 @@ func ContainerdOverlay(ctx context.Context, layoutDir, tag, work string) (string
 		}
 		return nil
 	})
-	if err != nil {
-		return "", nil, err
-	}
-	return mountLayers(dirs, work)
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/moby/go-archive"
 )
@@ -15,20 +13,12 @@ import (
 // inside chrootarchive. go-archive v0.3.x confines paths with os.Root, so
 // the library call behaves like the chrooted one for these layers.
 func MobyNaive(_ context.Context, layoutDir, tag, work string) (string, func() error, error) {
-	root := filepath.Join(work, "rootfs")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return "", nil, fmt.Errorf("mkdir %s: %w", root, err)
-	}
-	err := forEachLayer(layoutDir, tag, func(_ int, r io.Reader) error {
+	return applyInto(layoutDir, tag, work, func(root string, r io.Reader) error {
 		if _, err := archive.ApplyUncompressedLayer(root, r, &archive.TarOptions{}); err != nil {
 			return fmt.Errorf("go-archive ApplyUncompressedLayer: %w", err)
 		}
 		return nil
 	})
-	if err != nil {
-		return "", nil, err
-	}
-	return root, noCleanup, nil
 }
 
 // MobyOverlay2 unpacks each layer into its own empty dir the way moby's
@@ -36,23 +26,11 @@ func MobyNaive(_ context.Context, layoutDir, tag, work string) (string, func() e
 // WhiteoutFormat: OverlayWhiteoutFormat), then mounts them as a kernel
 // overlay.
 func MobyOverlay2(_ context.Context, layoutDir, tag, work string) (string, func() error, error) {
-	n, err := LayerCount(layoutDir, tag)
-	if err != nil {
-		return "", nil, err
-	}
-	dirs, err := layerDirs(work, n)
-	if err != nil {
-		return "", nil, err
-	}
-	err = forEachLayer(layoutDir, tag, func(i int, r io.Reader) error {
+	return applyLayered(layoutDir, tag, work, func(dirs []string, i int, r io.Reader) error {
 		opts := &archive.TarOptions{WhiteoutFormat: archive.OverlayWhiteoutFormat}
 		if err := archive.UntarUncompressed(r, dirs[i], opts); err != nil {
 			return fmt.Errorf("go-archive UntarUncompressed (overlay2): %w", err)
 		}
 		return nil
 	})
-	if err != nil {
-		return "", nil, err
-	}
-	return mountLayers(dirs, work)
 }

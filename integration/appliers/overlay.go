@@ -2,6 +2,7 @@ package appliers
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,4 +63,36 @@ func layerDirs(work string, n int) ([]string, error) {
 		}
 	}
 	return dirs, nil
+}
+
+// applyInto applies every layer in order into one dir, work/rootfs, the
+// way naive appliers (a vfs driver, the native snapshotter) build a rootfs.
+func applyInto(layoutDir, tag, work string, apply func(root string, r io.Reader) error) (string, func() error, error) {
+	root := filepath.Join(work, "rootfs")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return "", nil, fmt.Errorf("mkdir %s: %w", root, err)
+	}
+	err := forEachLayer(layoutDir, tag, func(_ int, r io.Reader) error { return apply(root, r) })
+	if err != nil {
+		return "", nil, err
+	}
+	return root, noCleanup, nil
+}
+
+// applyLayered unpacks layer i into its own empty dir (dirs[:i] are the
+// ones below) and mounts them all as a kernel overlay, the way overlay
+// snapshotters and graph drivers do.
+func applyLayered(layoutDir, tag, work string, apply func(dirs []string, i int, r io.Reader) error) (string, func() error, error) {
+	n, err := LayerCount(layoutDir, tag)
+	if err != nil {
+		return "", nil, err
+	}
+	dirs, err := layerDirs(work, n)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := forEachLayer(layoutDir, tag, func(i int, r io.Reader) error { return apply(dirs, i, r) }); err != nil {
+		return "", nil, err
+	}
+	return mountLayers(dirs, work)
 }

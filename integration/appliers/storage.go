@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"go.podman.io/storage/pkg/archive"
 )
@@ -15,20 +13,12 @@ import (
 // the naive diff driver and chrootarchive) runs for podman, buildah and
 // CRI-O. The chroot only contains hostile paths; these layers are not.
 func StorageNaive(_ context.Context, layoutDir, tag, work string) (string, func() error, error) {
-	root := filepath.Join(work, "rootfs")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return "", nil, fmt.Errorf("mkdir %s: %w", root, err)
-	}
-	err := forEachLayer(layoutDir, tag, func(_ int, r io.Reader) error {
+	return applyInto(layoutDir, tag, work, func(root string, r io.Reader) error {
 		if _, err := archive.ApplyUncompressedLayer(root, r, &archive.TarOptions{}); err != nil {
 			return fmt.Errorf("containers/storage ApplyUncompressedLayer: %w", err)
 		}
 		return nil
 	})
-	if err != nil {
-		return "", nil, err
-	}
-	return root, noCleanup, nil
 }
 
 // StorageOverlay unpacks each layer into its own empty dir the way the
@@ -37,23 +27,11 @@ func StorageNaive(_ context.Context, layoutDir, tag, work string) (string, func(
 // mounts them as a kernel overlay. The Podman applier runs the same
 // driver end to end; this one isolates the library from skopeo/podman.
 func StorageOverlay(_ context.Context, layoutDir, tag, work string) (string, func() error, error) {
-	n, err := LayerCount(layoutDir, tag)
-	if err != nil {
-		return "", nil, err
-	}
-	dirs, err := layerDirs(work, n)
-	if err != nil {
-		return "", nil, err
-	}
-	err = forEachLayer(layoutDir, tag, func(i int, r io.Reader) error {
+	return applyLayered(layoutDir, tag, work, func(dirs []string, i int, r io.Reader) error {
 		opts := &archive.TarOptions{WhiteoutFormat: archive.OverlayWhiteoutFormat}
 		if err := archive.UntarUncompressed(r, dirs[i], opts); err != nil {
 			return fmt.Errorf("containers/storage UntarUncompressed (overlay): %w", err)
 		}
 		return nil
 	})
-	if err != nil {
-		return "", nil, err
-	}
-	return mountLayers(dirs, work)
 }
