@@ -173,7 +173,7 @@ func unionUnderTest(t *testing.T) union {
 		return layerfsUnion
 	case "fuse-overlayfs":
 		return fuseOverlayfsUnion
-	case "kernel-overlayfs":
+	case "kernel-overlayfs", "kernel":
 		// The kernel against itself: a check of the harness, which must
 		// then find no difference at all.
 		return kernelUnion

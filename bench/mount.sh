@@ -1,0 +1,708 @@
+#!/usr/bin/env bash
+# bench/mount.sh: the mount benchmark of issue 3.
+#
+# In one run, on native disk, the kernel's overlayfs (kovl), fuse-overlayfs (fovl)
+# and `layerfs mount`, it times:
+#   untar       tar -xf of a tar of the Go toolchain tree (~16,700 entries, ~245 MB)
+#               into an empty dir / a fresh mount over an empty lower
+#   stat cold   lstat of every entry (bench/mountwalk.go: one process, fstatat on the
+#               parent's fd, never a fork per file) of the extracted tree, held in the
+#               lower of a fresh mount, after `echo 3 > /proc/sys/vm/drop_caches`
+#   stat warm   the same walk again, in the same mount
+#   read cold   read every file to its end, after drop_caches (data from the disk)
+#   read warm   the same in a fresh mount, the backing page cache warm (FUSE overhead,
+#               not the disk)
+#   dpkg        dpkg --root=MNT -i of real .debs (perl, with perl-base upgraded, and
+#               hello: 7 packages, ~2,900 paths, maintainer scripts and the ldconfig
+#               trigger) into a debootstrap --variant=minbase rootfs: a cp -a copy of
+#               it on native, the lower of a fresh mount otherwise
+# and then, for the FUSE daemons, the resident memory (VmRSS) after a stat of every
+# entry in a mount over 3 lowers holding >= 100,000 entries, and the mount time over
+# them. It prints medians of N runs (interleaved), per-run figures, and the ratios
+# against the targets of issue 3. It measures; it asserts no time.
+#
+# Fixtures live in a cache dir (default /var/cache/layerfs-bench) and are made once:
+# the corpus tar, its extraction, the 100k-entry lowers, the rootfs (debootstrap from
+# the mirror apt is configured with) and the .debs (apt-get download). What the runs
+# write goes to a fresh ext4 on a loop device (see --scratch-fs and the comment at
+# SCR below for why).
+#
+# Needs: root, go, python3, tar, fuse-overlayfs, debootstrap, apt-get, dpkg,
+# mkfs.ext4, losetup.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bench/mount.sh [options]
+  -n N               timed runs of every measurement, the median is reported (default 3;
+                     0 measures only memory and, with --requests, request counts)
+  --configs LIST     which mounts, comma-separated (default native,kovl,fovl,layerfs;
+                     layerfs is dropped with a note when `layerfs mount` is not there)
+  --layerfs BIN      use a prebuilt layerfs (default: go build ./cmd/layerfs)
+  --cache DIR        fixture cache (default /var/cache/layerfs-bench)
+  -w, --workdir DIR  scratch dir (default a fresh dir under /var/tmp, removed on exit)
+  --corpus DIR       tree to tar for the untar/stat/read corpus (default /usr/local/go,
+                     else `go env GOROOT`)
+  --mirror URL       Debian mirror for debootstrap (default: the one apt is configured with)
+  --suite NAME       Debian suite of the rootfs (default: the host's, e.g. bookworm)
+  --no-dpkg          skip the dpkg install (and the rootfs fixture)
+  --no-rss           skip the 100,000-entry memory measurement
+  --scratch-fs KIND  where the written dirs live (native targets, uppers, workdirs):
+                     loop (default): a fresh ext4 (mkfs per run, mounted nodiscard) on a
+                       loop device (direct I/O) over an 8 GiB zero-filled image in the
+                       cache dir; root: the scratch dir on the root filesystem as it is
+  --requests         after the timed runs, count FUSE requests per opcode of one untar
+                     and one warm stat per FUSE mount (layerfs --debug, fuse-overlayfs -d)
+  --check            exit 3 when a target is missed
+  --wait-quiet S     before each round of runs, wait up to S seconds for other
+                     processes to leave the CPUs idle (<10% busy over 3 s);
+                     default 0 (no waiting)
+  --keep             keep the scratch dir
+  -h, --help         this text
+EOF
+}
+
+RUNS=3 CONFIGS=native,kovl,fovl,layerfs LFS_BIN= CACHE=/var/cache/layerfs-bench WORK= KEEP=0
+CORPUS= MIRROR= SUITE= DO_DPKG=1 DO_RSS=1 REQUESTS=0 CHECK=0 QUIET=0 SCRATCH_FS=loop
+while (($#)); do
+  case $1 in
+    -n) RUNS=$2; shift 2 ;;
+    --configs) CONFIGS=$2; shift 2 ;;
+    --layerfs) LFS_BIN=$2; shift 2 ;;
+    --cache) CACHE=$2; shift 2 ;;
+    -w|--workdir) WORK=$2; KEEP=1; shift 2 ;;
+    --corpus) CORPUS=$2; shift 2 ;;
+    --mirror) MIRROR=$2; shift 2 ;;
+    --suite) SUITE=$2; shift 2 ;;
+    --no-dpkg) DO_DPKG=0; shift ;;
+    --no-rss) DO_RSS=0; shift ;;
+    --scratch-fs) SCRATCH_FS=$2; shift 2 ;;
+    --requests) REQUESTS=1; shift ;;
+    --check) CHECK=1; shift ;;
+    --wait-quiet) QUIET=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+[[ $RUNS =~ ^[0-9]+$ ]] || { echo "mount.sh: -n wants a number" >&2; exit 2; }
+[[ $SCRATCH_FS == loop || $SCRATCH_FS == root ]] || { echo "mount.sh: --scratch-fs wants loop or root" >&2; exit 2; }
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH")
+
+die() { echo "mount.sh: $*" >&2; exit 1; }
+log() { echo "# $*" >&2; }
+WARNINGS=()
+warn() { log "WARNING: $*"; WARNINGS+=("$*"); }
+
+(( EUID == 0 )) || die "needs root (mounts, drop_caches, dpkg --root)"
+for t in go python3 tar mount umount; do command -v $t >/dev/null || die "$t not found"; done
+
+IFS=, read -r -a CFGS <<<"$CONFIGS"
+for c in "${CFGS[@]}"; do
+  case $c in native|kovl|fovl|layerfs) ;; *) die "unknown config $c (native, kovl, fovl, layerfs)" ;; esac
+done
+has_cfg() { local c; for c in "${CFGS[@]}"; do [[ $c == "$1" ]] && return 0; done; return 1; }
+drop_cfg() { local c out=(); for c in "${CFGS[@]}"; do [[ $c == "$1" ]] || out+=("$c"); done; CFGS=("${out[@]}"); }
+if has_cfg fovl; then command -v fuse-overlayfs >/dev/null || die "fuse-overlayfs not found (apt-get install fuse-overlayfs)"; fi
+if ((DO_DPKG)); then
+  for t in debootstrap dpkg apt-get; do command -v $t >/dev/null || die "$t not found (apt-get install debootstrap), or use --no-dpkg"; done
+fi
+
+mkdir -p "$CACHE"; CACHE=$(cd "$CACHE" && pwd)
+if [[ -z $WORK ]]; then
+  WORK=$(mktemp -d /var/tmp/layerfs-mount-bench.XXXXXX)
+else
+  mkdir -p "$WORK"; WORK=$(cd "$WORK" && pwd)
+fi
+
+# ---------------------------------------------------------------- mounts and cleanup
+
+LFS=$WORK/bin/layerfs
+WALK=$WORK/bin/mountwalk
+MOUNTS=()          # every mount point made, for the exit trap
+LOOPDEV=           # the scratch filesystem's loop device
+BGPIDS=()          # foreground daemons started by --requests
+
+umount_any() {  # MNT: unmount whatever is there (layerfs, FUSE or kernel), lazily at worst
+  local m=$1
+  mountpoint -q "$m" 2>/dev/null || return 0
+  if [[ -x $LFS ]] && grep -q " $m fuse\.layerfs\| $m fuse layerfs" /proc/self/mounts 2>/dev/null; then
+    "$LFS" umount "$m" 2>/dev/null && return 0
+  fi
+  umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+}
+cleanup() {
+  local i p
+  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount_any "${MOUNTS[i]}"; done
+  # anything else below WORK (a submount left by a failed dpkg, say)
+  while read -r p; do umount -l "$p" 2>/dev/null || true; done < <(awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
+  for p in "${BGPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [[ -n $LOOPDEV ]] && losetup -d "$LOOPDEV" 2>/dev/null
+  if ((KEEP)); then log "scratch dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# union_mount CFG MNT UPPER WORKDIR LOWER...: a fresh mount, lowers base first
+union_mount() {
+  local cfg=$1 mnt=$2 up=$3 wd=$4 i
+  shift 4
+  local lowers=("$@") rev=() args=()
+  for ((i = ${#lowers[@]} - 1; i >= 0; i--)); do rev+=("${lowers[i]}"); done
+  local ld
+  ld=$(IFS=:; echo "${rev[*]}")
+  mkdir -p "$mnt" "$up" "$wd"
+  MOUNTS+=("$mnt")
+  case $cfg in
+    kovl) mount -t overlay overlay -o "lowerdir=$ld,upperdir=$up,workdir=$wd,redirect_dir=off,metacopy=off,index=off" "$mnt" ;;
+    fovl)
+      # (it warns "unknown argument ignored: lazytime" on every mount)
+      fuse-overlayfs -o "lowerdir=$ld,upperdir=$up,workdir=$wd" "$mnt" 2>"$WORK/mount.err" ||
+        { cat "$WORK/mount.err" >&2; die "fuse-overlayfs mount at $mnt failed"; } ;;
+    layerfs)
+      for i in "${lowers[@]}"; do args+=(--lower "$i"); done
+      "$LFS" mount "${args[@]}" --upper "$up" --workdir "$wd" "$mnt" ;;
+    *) die "union_mount: $cfg" ;;
+  esac
+}
+union_umount() {  # CFG MNT
+  case $1 in
+    layerfs) "$LFS" umount "$2" || die "layerfs umount $2 failed" ;;
+    *) umount "$2" || die "umount $2 failed" ;;
+  esac
+}
+
+# daemon_pid CFG MNT: the pid of the FUSE daemon serving MNT. layerfs: from
+# `layerfs mounts --json` (any object naming MNT with a pid field); otherwise the
+# process with /dev/fuse open whose command line names MNT.
+daemon_pid() {
+  python3 - "$1" "$2" "$LFS" <<'EOF'
+import json, os, subprocess, sys
+cfg, mnt, lfs = sys.argv[1:4]
+def find(o):
+    if isinstance(o, dict):
+        if mnt in [v for v in o.values() if isinstance(v, str)]:
+            for k, v in o.items():
+                if "pid" in k.lower() and isinstance(v, int) and v > 0:
+                    return v
+        for v in o.values():
+            r = find(v)
+            if r: return r
+    elif isinstance(o, list):
+        for v in o:
+            r = find(v)
+            if r: return r
+    return None
+if cfg == "layerfs":
+    try:
+        out = subprocess.run([lfs, "mounts", "--json"], capture_output=True, text=True, timeout=20).stdout
+        p = find(json.loads(out))
+        if p and os.path.exists(f"/proc/{p}"):
+            print(p); sys.exit(0)
+    except Exception:
+        pass
+m = mnt.encode()
+for p in sorted(os.listdir("/proc"), key=lambda s: (len(s), s)):
+    if not p.isdigit():
+        continue
+    try:
+        args = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
+        if not any(a == m or a.endswith(b"=" + m) for a in args):
+            continue
+        if any(os.readlink(f"/proc/{p}/fd/{f}") == "/dev/fuse" for f in os.listdir(f"/proc/{p}/fd")):
+            print(p); sys.exit(0)
+    except OSError:
+        continue
+sys.exit(1)
+EOF
+}
+TICK=$(getconf CLK_TCK)
+proc_cpu() { awk -v t="$TICK" '{sub(/.*\) /, ""); printf "%.3f\n", ($12 + $13) / t}' "/proc/$1/stat"; }
+proc_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------- helpers
+
+median() { printf '%s\n' "$@" | grep . | sort -g | awk '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} printf "%.3f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-" || b <= 0) print "-"; else printf "%.2f", a/b}'; }
+sub_() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a - b}'; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+cpu_busy() {  # percent of CPU time not idle over the next 3 s, all processes
+  local a b
+  a=$(head -1 /proc/stat); sleep 3; b=$(head -1 /proc/stat)
+  echo "$a $b" | awk '{for (i = 2; i <= 9; i++) {t0 += $i; t1 += $(i + 11)}
+    id0 = $5 + $6; id1 = $16 + $17; printf "%.0f", 100 * (1 - (id1 - id0) / (t1 - t0 + 1e-9))}'
+}
+io_pressure() {  # "some avg10" of /proc/pressure/io, as an integer percent (0 without PSI)
+  awk '/^some/ {split($2, a, "="); printf "%.0f", a[2]; found = 1} END {if (!found) print 0}' /proc/pressure/io 2>/dev/null || echo 0
+}
+wait_quiet() {  # MAXSECONDS: until the CPUs are <10% busy and tasks stall on I/O <5% of the time
+  local t0=$SECONDS b io
+  while b=$(cpu_busy); io=$(io_pressure); ((b >= 10 || io >= 5)); do
+    if ((SECONDS - t0 >= $1)); then log "CPUs still ${b}% busy, I/O pressure ${io}% after $1 s; measuring anyway"; return; fi
+    log "CPUs ${b}% busy, I/O pressure ${io}% (other work); waiting"
+    sleep 7
+  done
+}
+
+# results: R[op/cfg] = space-separated seconds of each run; D[op/cfg] the daemon's
+# CPU seconds (user+sys) during each run
+declare -A R D
+# timed OP CFG PID CMD...: run CMD, append its wall time (and the daemon's CPU time
+# when PID is not -) to R and D; the command's stdout goes to $WORK/out
+timed() {
+  local op=$1 cfg=$2 pid=$3 c0= c1 t0 t1 rc=0
+  shift 3
+  [[ $pid != - ]] && c0=$(proc_cpu "$pid")
+  t0=$EPOCHREALTIME
+  "$@" >"$WORK/out" || rc=$?
+  t1=$EPOCHREALTIME
+  R[$op/$cfg]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}') "
+  if [[ -n $c0 ]]; then
+    c1=$(proc_cpu "$pid")
+    D[$op/$cfg]+="$(sub_ "$c1" "$c0") "
+  fi
+  return $rc
+}
+last() { local a=(${R[$1]}); echo "${a[-1]}"; }
+
+# ---------------------------------------------------------------- layerfs
+
+mkdir -p "$WORK/bin"
+(cd "$REPO" && go build -o "$WALK" bench/mountwalk.go) || die "build bench/mountwalk.go failed"
+LFS_REV=-
+if has_cfg layerfs || ((DO_RSS)); then
+  if [[ -n $LFS_BIN ]]; then
+    cp "$LFS_BIN" "$LFS"
+  else
+    log "building layerfs from $REPO"
+    (cd "$REPO" && go build -o "$LFS" ./cmd/layerfs) || die "go build ./cmd/layerfs failed (or --configs without layerfs)"
+    LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && [[ -n $(git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' 2>/dev/null) ]] && echo +dirty || true)
+  fi
+  if ! "$LFS" mount --help >/dev/null 2>&1; then
+    warn "layerfs at $LFS_REV has no working 'mount' verb yet: its rows are skipped"
+    drop_cfg layerfs
+    rm -f "$LFS"
+  fi
+fi
+((${#CFGS[@]})) || die "no configuration left to measure"
+FUSE_CFGS=()
+for c in "${CFGS[@]}"; do [[ $c == fovl || $c == layerfs ]] && FUSE_CFGS+=("$c"); done
+
+# ---------------------------------------------------------------- fixtures (cached)
+
+if [[ -z $CORPUS ]]; then
+  if [[ -d /usr/local/go ]]; then CORPUS=/usr/local/go; else CORPUS=$(go env GOROOT); fi
+fi
+CORPUS=$(cd "$CORPUS" && pwd)
+CKEY=$(basename "$CORPUS")-$( (head -1 "$CORPUS/VERSION" 2>/dev/null || echo x; echo "$CORPUS") | md5sum | cut -c1-8)
+TARBALL=$CACHE/corpus-$CKEY.tar
+TREE=$CACHE/corpus-$CKEY.tree
+BIG=$CACHE/corpus-$CKEY.100k
+
+if [[ ! -f $TARBALL ]]; then
+  log "corpus: tar of $CORPUS -> $TARBALL (once)"
+  tar -C "$(dirname "$CORPUS")" -cf "$TARBALL.tmp" "$(basename "$CORPUS")"
+  mv "$TARBALL.tmp" "$TARBALL"
+fi
+TAR_ENTRIES=$(tar -tf "$TARBALL" | wc -l)
+TAR_BYTES=$(stat -c %s "$TARBALL")
+if [[ ! -f $TREE/.done ]]; then
+  log "corpus: extracting it once into $TREE (the lower of the stat and read runs)"
+  rm -rf "$TREE"; mkdir -p "$TREE"
+  tar -C "$TREE" -xf "$TARBALL"
+  touch "$TREE/.done"
+fi
+# the lower holds the tree and the .done stamp
+read -r _ TREE_ENTRIES _ TREE_DIRS _ TREE_FILES _ TREE_BYTES < <("$WALK" stat "$TREE")
+
+if ((DO_RSS)) && [[ ! -f $BIG/.done ]]; then
+  copies=$(( (100000 + TREE_ENTRIES - 2) / (TREE_ENTRIES - 1) ))
+  log "100k lowers: $copies extractions of the corpus over 3 lowers in $BIG (once)"
+  rm -rf "$BIG"; mkdir -p "$BIG/l1" "$BIG/l2" "$BIG/l3"
+  for ((i = 0; i < copies; i++)); do
+    d=$BIG/l$((i % 3 + 1))/copy$i
+    mkdir -p "$d"; tar -C "$d" -xf "$TARBALL"
+  done
+  touch "$BIG/.done"
+fi
+
+apt_mirror() {  # print "URI SUITE" of the first Debian main source apt uses
+  python3 - <<'EOF'
+import glob, os, re
+entries = []
+def add(uri, suite, comps):
+    if "main" in comps and not re.search(r"-(security|updates|backports|proposed-updates)$", suite):
+        entries.append((uri.rstrip("/"), suite))
+if os.path.exists("/etc/apt/sources.list"):
+    files = ["/etc/apt/sources.list"]
+else:
+    files = []
+files += sorted(glob.glob("/etc/apt/sources.list.d/*.list"))
+for f in files:
+    for line in open(f):
+        line = line.split("#", 1)[0].strip()
+        m = re.match(r"deb\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s+(.*)", line)
+        if m:
+            add(m.group(2), m.group(3), m.group(4).split())
+for f in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+    for stanza in re.split(r"\n\s*\n", open(f).read()):
+        kv = {}
+        for line in stanza.splitlines():
+            if line.startswith("#") or ":" not in line or line[0].isspace():
+                continue
+            k, v = line.split(":", 1)
+            kv[k.strip().lower()] = v.split()
+        if "deb" not in kv.get("types", []) or kv.get("enabled", ["yes"])[0] == "no":
+            continue
+        for uri in kv.get("uris", []):
+            for suite in kv.get("suites", []):
+                add(uri, suite, kv.get("components", []))
+debian = [e for e in entries if "debian" in e[0]]
+for uri, suite in debian or entries:
+    print(uri, suite)
+    break
+EOF
+}
+
+DEBS=()
+if ((DO_DPKG)); then
+  if [[ -z $MIRROR || -z $SUITE ]]; then
+    read -r m s < <(apt_mirror) || die "no Debian 'main' source found in apt's sources; use --mirror and --suite"
+    MIRROR=${MIRROR:-$m} SUITE=${SUITE:-$s}
+  fi
+  ROOTFS=$CACHE/rootfs-$SUITE-minbase
+  if [[ ! -f $ROOTFS.done ]]; then
+    log "rootfs: debootstrap --variant=minbase $SUITE from $MIRROR into $ROOTFS (once; a few minutes)"
+    rm -rf "$ROOTFS" "$ROOTFS.tmp"; mkdir -p "$CACHE/debootstrap-debs"
+    debootstrap --variant=minbase --cache-dir="$CACHE/debootstrap-debs" "$SUITE" "$ROOTFS.tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+      || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
+    mv "$ROOTFS.tmp" "$ROOTFS"
+    touch "$ROOTFS.done"
+  fi
+  DEB_PKGS=(perl-base perl libperl5.36 perl-modules-5.36 libgdbm6 libgdbm-compat4 hello)
+  mkdir -p "$CACHE/debs"
+  for p in "${DEB_PKGS[@]}"; do
+    if ! compgen -G "$CACHE/debs/${p}_*.deb" >/dev/null; then
+      log "debs: apt-get download $p (once)"
+      (cd "$CACHE/debs" && apt-get download -q "$p" >/dev/null 2>&1) || die "apt-get download $p failed"
+    fi
+    DEBS+=("$(ls "$CACHE/debs/${p}"_*.deb | tail -1)")
+  done
+  DEB_FILES=0
+  for d in "${DEBS[@]}"; do DEB_FILES=$((DEB_FILES + $(dpkg-deb -c "$d" | wc -l))); done
+  ROOTFS_ENTRIES=$(find "$ROOTFS" -mindepth 1 | wc -l)
+fi
+
+# ---------------------------------------------------------------- the measurements
+
+# The scratch filesystem. The root fs of this VM is mounted with `discard`, and the
+# first write into blocks that were just trimmed is several times slower: one untar
+# of the corpus took 0.99 s into blocks never trimmed and 6.7 s right after an
+# rm -rf (even 90 s later), so each measurement would pay for the one before it.
+# A fresh ext4 on a zero-filled image, mounted nodiscard, writes at the same speed
+# every time (measured: 0.90-1.39 s with an rm -rf between the untars).
+SCR=$WORK/scratch
+mkdir -p "$SCR"
+if [[ $SCRATCH_FS == loop ]]; then
+  IMG=$CACHE/scratch.img
+  if [[ ! -f $IMG ]]; then
+    log "scratch fs: writing an 8 GiB zero-filled image $IMG (once)"
+    dd if=/dev/zero of="$IMG.tmp" bs=16M count=512 conv=fsync status=none
+    mv "$IMG.tmp" "$IMG"
+  fi
+  mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$IMG" || die "mkfs.ext4 $IMG failed"
+  LOOPDEV=$(losetup --find --show --direct-io=on "$IMG") || die "losetup $IMG failed"
+  mount -o nodiscard "$LOOPDEV" "$SCR" || die "mount $LOOPDEV failed"
+  MOUNTS+=("$SCR")
+fi
+EMPTY=$SCR/empty; mkdir -p "$EMPTY"
+S=$SCR/s   # scratch of one measurement: m (mount point), u (upper), w (workdir), n (native)
+fresh() { rm -rf "$S"; mkdir -p "$S"; }
+check_walk() {  # WHAT EXPECTED-ENTRIES: the walker's output in $WORK/out
+  local got
+  got=$(awk '{print $2}' "$WORK/out")
+  [[ $got == "$2" ]] || warn "$1: the walk saw $got entries, want $2 (wrong result: figure not comparable)"
+}
+
+# untar CFG
+untar() {
+  local cfg=$1 t pid=-
+  fresh
+  if [[ $cfg == native ]]; then
+    t=$S/n; mkdir -p "$t"
+  else
+    t=$S/m; union_mount "$cfg" "$t" "$S/u" "$S/w" "$EMPTY"
+    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
+  fi
+  cat "$TARBALL" >/dev/null   # the tar itself comes from the page cache
+  sync
+  timed untar "$cfg" "$pid" tar -C "$t" -xf "$TARBALL" || warn "untar $cfg: tar failed"
+  "$WALK" stat "$t" >"$WORK/out" || warn "untar $cfg: walking the result failed"
+  check_walk "untar $cfg" "$((TAR_ENTRIES))"
+  [[ $cfg == native ]] || union_umount "$cfg" "$t"
+  rm -rf "$S"
+}
+
+# statread CFG: stat cold, stat warm, read cold (one mount), read warm (a fresh mount)
+statread() {
+  local cfg=$1 t pid=-
+  fresh
+  if [[ $cfg == native ]]; then
+    t=$TREE
+  else
+    t=$S/m; union_mount "$cfg" "$t" "$S/u" "$S/w" "$TREE"
+    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
+  fi
+  drop_caches
+  timed stat-cold "$cfg" "$pid" "$WALK" stat "$t" || warn "stat-cold $cfg: the walk failed"; check_walk "stat cold $cfg" "$TREE_ENTRIES"
+  timed stat-warm "$cfg" "$pid" "$WALK" stat "$t" || warn "stat-warm $cfg: the walk failed"; check_walk "stat warm $cfg" "$TREE_ENTRIES"
+  drop_caches
+  timed read-cold "$cfg" "$pid" "$WALK" read "$t" || warn "read-cold $cfg: the walk failed"; check_walk "read cold $cfg" "$TREE_ENTRIES"
+  if [[ $cfg != native ]]; then
+    union_umount "$cfg" "$t"
+    rm -rf "$S"; fresh
+    union_mount "$cfg" "$t" "$S/u" "$S/w" "$TREE"
+    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
+  fi
+  timed read-warm "$cfg" "$pid" "$WALK" read "$t" || warn "read-warm $cfg: the walk failed"; check_walk "read warm $cfg" "$TREE_ENTRIES"
+  if [[ $cfg != native ]]; then
+    [[ -z $(ls -A "$S/u") ]] || warn "$cfg: reading the lower wrote to the upper: $(ls -A "$S/u" | head -5 | tr '\n' ' ')"
+    union_umount "$cfg" "$t"
+  fi
+  rm -rf "$S"
+}
+
+# dpkg_install CFG
+dpkg_install() {
+  local cfg=$1 t pid=-
+  fresh
+  if [[ $cfg == native ]]; then
+    t=$S/n; cp -a "$ROOTFS" "$t"
+  else
+    t=$S/m; union_mount "$cfg" "$t" "$S/u" "$S/w" "$ROOTFS"
+    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
+  fi
+  sync
+  if ! DEBIAN_FRONTEND=noninteractive timed dpkg "$cfg" "$pid" dpkg --root="$t" -i "${DEBS[@]}" 2>"$WORK/dpkg.err"; then
+    cat "$WORK/out" "$WORK/dpkg.err" >&2
+    die "dpkg -i failed on $cfg"
+  fi
+  for p in "${DEB_PKGS[@]}"; do
+    dpkg --root="$t" -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || warn "dpkg $cfg: $p is not installed afterwards"
+  done
+  [[ $cfg == native ]] || union_umount "$cfg" "$t"
+  rm -rf "$S"
+}
+
+OPS=(untar stat-cold stat-warm read-cold read-warm)
+((DO_DPKG)) && OPS+=(dpkg)
+
+((QUIET)) && wait_quiet "$QUIET"
+BUSY0=$(cpu_busy) IO0=$(io_pressure)
+if ((RUNS)); then
+  log "warm-up: one untimed untar per config"
+  for c in "${CFGS[@]}"; do untar "$c"; done
+fi
+R=() D=()
+for ((run = 1; run <= RUNS; run++)); do
+  ((QUIET)) && wait_quiet "$QUIET"
+  for c in "${CFGS[@]}"; do untar "$c"; done
+  log "run $run/$RUNS untar: $(for c in "${CFGS[@]}"; do printf '%s %s s  ' "$c" "$(last "untar/$c")"; done)"
+  for c in "${CFGS[@]}"; do statread "$c"; done
+  log "run $run/$RUNS stat cold/warm, read cold/warm: $(for c in "${CFGS[@]}"; do printf '%s %s/%s %s/%s  ' "$c" "$(last "stat-cold/$c")" "$(last "stat-warm/$c")" "$(last "read-cold/$c")" "$(last "read-warm/$c")"; done)"
+  if ((DO_DPKG)); then
+    for c in "${CFGS[@]}"; do dpkg_install "$c"; done
+    log "run $run/$RUNS dpkg: $(for c in "${CFGS[@]}"; do printf '%s %s s  ' "$c" "$(last "dpkg/$c")"; done)"
+  fi
+done
+BUSY1=$(cpu_busy) IO1=$(io_pressure)
+
+# ---------------------------------------------------------------- daemon memory over 100k entries
+
+declare -A RSS0 RSS1 HWM1 MT100K MT0 NENT
+if ((DO_RSS)); then
+  for c in "${FUSE_CFGS[@]}"; do
+    fresh
+    t0=$EPOCHREALTIME
+    union_mount "$c" "$S/m" "$S/u" "$S/w" "$EMPTY"
+    MT0[$c]=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}')
+    union_umount "$c" "$S/m"
+    fresh
+    t0=$EPOCHREALTIME
+    union_mount "$c" "$S/m" "$S/u" "$S/w" "$BIG/l1" "$BIG/l2" "$BIG/l3"
+    MT100K[$c]=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}')
+    pid=$(daemon_pid "$c" "$S/m") || die "$c: no daemon found for $S/m"
+    RSS0[$c]=$(proc_kb "$pid" VmRSS)
+    "$WALK" stat "$S/m" >"$WORK/out" || warn "$c: the walk over the 100k lowers failed"
+    NENT[$c]=$(awk '{print $2}' "$WORK/out")
+    RSS1[$c]=$(proc_kb "$pid" VmRSS)
+    HWM1[$c]=$(proc_kb "$pid" VmHWM)
+    log "$c over ${NENT[$c]} entries: mount ${MT100K[$c]} s, VmRSS ${RSS0[$c]} kB after mount, ${RSS1[$c]} kB after the stat (peak ${HWM1[$c]} kB)"
+    union_umount "$c" "$S/m"
+    rm -rf "$S"
+  done
+fi
+
+# ---------------------------------------------------------------- FUSE request counts (optional)
+
+declare -A REQ
+# count_requests CFG OP LOGFILE FROMBYTE -> REQ[op/cfg]: "total (OP n, ...)", the top
+# opcodes of the requests logged from byte FROMBYTE on
+count_requests() {
+  REQ[$2/$1]=$(tail -c +"$(($4 + 1))" "$3" | grep -aoE 'rx [0-9]+: [A-Z_0-9]+|opcode: [A-Z_0-9]+' | awk '{print $NF}' |
+    sort | uniq -c | sort -rn | awk '{t += $1; if (NR <= 9) s = s (s ? ", " : "") $2 " " $1} END {printf "%d (%s)", t, s}')
+}
+logsize() { sleep 0.5; stat -c %s "$1"; }   # after the daemon has written the last lines
+debug_mount() {  # CFG MNT UPPER WORKDIR LOG LOWER...: a mount whose daemon logs every request
+  local cfg=$1 mnt=$2 up=$3 wd=$4 logf=$5 i
+  shift 5
+  local args=() lowers=("$@") rev=()
+  mkdir -p "$mnt" "$up" "$wd"
+  MOUNTS+=("$mnt")
+  case $cfg in
+    fovl)
+      for ((i = ${#lowers[@]} - 1; i >= 0; i--)); do rev+=("${lowers[i]}"); done
+      fuse-overlayfs -d -o "lowerdir=$(IFS=:; echo "${rev[*]}"),upperdir=$up,workdir=$wd" "$mnt" >"$logf" 2>&1 & ;;
+    layerfs)
+      for i in "${lowers[@]}"; do args+=(--lower "$i"); done
+      "$LFS" mount --foreground --debug "${args[@]}" --upper "$up" --workdir "$wd" "$mnt" >"$logf" 2>&1 & ;;
+  esac
+  BGPIDS+=($!)
+  for ((i = 0; i < 100; i++)); do mountpoint -q "$mnt" && return 0; sleep 0.1; done
+  die "$cfg --debug: $mnt not mounted after 10 s"
+}
+REQ_OPS=(untar stat-cold stat-warm read)
+if ((REQUESTS)); then
+  for c in "${FUSE_CFGS[@]}"; do
+    fresh
+    L=$WORK/req.log
+    debug_mount "$c" "$S/m" "$S/u" "$S/w" "$L" "$EMPTY"
+    o=$(logsize "$L")
+    tar -C "$S/m" -xf "$TARBALL"
+    count_requests "$c" untar "$L" "$o"
+    umount_any "$S/m"; wait "${BGPIDS[-1]}" 2>/dev/null || true
+    fresh
+    debug_mount "$c" "$S/m" "$S/u" "$S/w" "$L" "$TREE"
+    drop_caches
+    o=$(logsize "$L"); "$WALK" stat "$S/m" >/dev/null; count_requests "$c" stat-cold "$L" "$o"
+    o=$(logsize "$L"); "$WALK" stat "$S/m" >/dev/null; count_requests "$c" stat-warm "$L" "$o"
+    o=$(logsize "$L"); "$WALK" read "$S/m" >/dev/null; count_requests "$c" read "$L" "$o"
+    sleep 0.5
+    umount_any "$S/m"; wait "${BGPIDS[-1]}" 2>/dev/null || true
+    for op in "${REQ_OPS[@]}"; do log "$c requests, $op: ${REQ[$op/$c]}"; done
+    rm -rf "$S" "$L"
+  done
+fi
+
+# ---------------------------------------------------------------- report
+
+row() { printf '| %s ' "$@"; echo '|'; }
+med() { median ${R[$1]:-}; }
+dmed() { median ${D[$1]:-}; }
+name() { case $1 in native) echo native ;; kovl) echo "kernel overlayfs" ;; fovl) echo "fuse-overlayfs $FOVL_VER" ;; layerfs) echo "layerfs mount" ;; esac; }
+FOVL_VER=$(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs: version/ {print $3}' || true)
+[[ -n $FOVL_VER ]] || FOVL_VER=$(dpkg-query -W -f='${Version}' fuse-overlayfs 2>/dev/null || echo '?')
+MB() { awk -v a="$1" 'BEGIN {printf "%.0f MB", a/1e6}'; }
+
+echo
+echo "== layerfs mount benchmark (issue 3) =="
+echo "date   : $(date -u +%Y-%m-%dT%H:%M:%SZ)   layerfs: $(has_cfg layerfs && echo "$LFS_REV" || echo 'not measured')"
+echo "host   : $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r), fuse-overlayfs $FOVL_VER"
+if [[ $SCRATCH_FS == loop ]]; then
+  echo "disk   : written dirs on a fresh ext4 (nodiscard) on $LOOPDEV (direct I/O) over $IMG; lowers and the tar on $(findmnt -no SOURCE,FSTYPE,OPTIONS -T "$CACHE" | cut -c1-60)"
+else
+  echo "disk   : everything on $(findmnt -no SOURCE,FSTYPE,OPTIONS -T "$WORK" | cut -c1-60)"
+fi
+echo "corpus : tar of $CORPUS ($(head -1 "$CORPUS/VERSION" 2>/dev/null || echo ?)): $TAR_ENTRIES entries, $(MB "$TAR_BYTES"); stat/read over its extraction: $TREE_ENTRIES entries ($TREE_FILES files, $(MB "$TREE_BYTES")) in the lower"
+((DO_DPKG)) && echo "dpkg   : dpkg --root=MNT -i $(for d in "${DEBS[@]}"; do printf '%s ' "$(basename "$d")"; done)($DEB_FILES paths) into a debootstrap --variant=minbase $SUITE rootfs ($ROOTFS_ENTRIES entries) from $MIRROR"
+echo "runs   : $RUNS of each, interleaved across mounts, median reported; walker: bench/mountwalk.go (fstatat per entry, one process)"
+echo "load   : CPUs ${BUSY0}% busy just before the runs, ${BUSY1}% just after (3 s samples, all processes); I/O pressure (PSI some avg10) ${IO0}% before, ${IO1}% after"
+echo
+if ((RUNS)); then
+  hdr=(mount); for op in "${OPS[@]}"; do hdr+=("$op s"); done
+  row "${hdr[@]}"
+  sep=("---"); for op in "${OPS[@]}"; do sep+=("---:"); done
+  row "${sep[@]}"
+  for c in "${CFGS[@]}"; do
+    r=("$(name "$c")"); for op in "${OPS[@]}"; do r+=("$(med "$op/$c")"); done
+    row "${r[@]}"
+  done
+  echo
+  echo "every run (s):"
+  for op in "${OPS[@]}"; do
+    printf '  %-9s' "$op"; for c in "${CFGS[@]}"; do printf '  %s: %s' "$c" "${R[$op/$c]:-}"; done; echo
+  done
+  if ((${#FUSE_CFGS[@]})); then
+    echo "FUSE daemon CPU seconds (user+sys), medians:"
+    for op in "${OPS[@]}"; do
+      printf '  %-9s' "$op"; for c in "${FUSE_CFGS[@]}"; do printf '  %s: %s' "$c" "$(dmed "$op/$c")"; done; echo
+    done
+  fi
+  echo
+  echo "ratios of medians (time / time of the reference; lower is better):"
+  for c in "${CFGS[@]}"; do
+    [[ $c == native ]] && continue
+    printf '  %-16s' "$(name "$c" | cut -c1-16)"
+    for op in "${OPS[@]}"; do
+      printf '  %s %sx native, %sx kovl' "$op" "$(div "$(med "$op/$c")" "$(med "$op/native")")" "$(div "$(med "$op/$c")" "$(med "$op/kovl")")"
+      [[ $op != dpkg && $op != "${OPS[-1]}" ]] && printf ';'
+    done
+    echo
+  done
+fi
+
+MISSED=0
+verdict() {  # RATIO OP LIMIT -> met/MISSED
+  awk -v r="$1" -v l="$2" 'BEGIN {if (r == "-") print "-"; else print (r <= l) ? "met" : "MISSED"}'
+}
+target() {  # LABEL RATIO LIMIT
+  local v
+  v=$(verdict "$2" "$3")
+  [[ $v == MISSED ]] && MISSED=1
+  printf '  %-36s %7s  %s\n' "$1" "${2}x" "$v"
+}
+echo
+if has_cfg layerfs; then
+  echo "targets of issue 3 (layerfs mount, ratios of medians):"
+  ((RUNS)) && has_cfg fovl && target "untar <= 1/3 of fuse-overlayfs" "$(div "$(med untar/layerfs)" "$(med untar/fovl)")" 0.3334
+  ((RUNS)) && has_cfg kovl && {
+    target "untar <= 3x kernel overlayfs" "$(div "$(med untar/layerfs)" "$(med untar/kovl)")" 3
+    target "read cold <= 1.3x kernel overlayfs" "$(div "$(med read-cold/layerfs)" "$(med read-cold/kovl)")" 1.3
+    target "read warm <= 1.3x kernel overlayfs" "$(div "$(med read-warm/layerfs)" "$(med read-warm/kovl)")" 1.3
+    target "stat warm <= 1.5x kernel overlayfs" "$(div "$(med stat-warm/layerfs)" "$(med stat-warm/kovl)")" 1.5
+  }
+  if ((DO_RSS)); then
+    v=$(awk -v k="${RSS1[layerfs]}" 'BEGIN {print (k <= 100 * 1024) ? "met" : "MISSED"}')
+    [[ $v == MISSED ]] && MISSED=1
+    printf '  %-36s %7s  %s\n' "daemon RSS <= 100 MB at 100k entries" "$(awk -v k="${RSS1[layerfs]}" 'BEGIN {printf "%.1f MB", k/1024}')" "$v"
+  fi
+else
+  echo "targets: not checked (layerfs not measured)"
+fi
+if ((DO_RSS)) && ((${#FUSE_CFGS[@]})); then
+  echo
+  echo "daemon memory and mount time over 3 lowers holding 100,000+ entries:"
+  row mount entries "mount s (empty lower)" "mount s (100k lowers)" "VmRSS after mount" "VmRSS after stat of all" "VmHWM"
+  row "---" "---:" "---:" "---:" "---:" "---:" "---:"
+  for c in "${FUSE_CFGS[@]}"; do
+    row "$(name "$c")" "${NENT[$c]}" "${MT0[$c]}" "${MT100K[$c]}" "$(awk -v k="${RSS0[$c]}" 'BEGIN {printf "%.1f MB", k/1024}')" \
+      "$(awk -v k="${RSS1[$c]}" 'BEGIN {printf "%.1f MB", k/1024}')" "$(awk -v k="${HWM1[$c]}" 'BEGIN {printf "%.1f MB", k/1024}')"
+  done
+fi
+if ((REQUESTS)); then
+  echo
+  echo "FUSE requests logged by the daemon (one untar; in a fresh mount over the tree: a cold"
+  echo "stat after drop_caches, a warm stat, a read of every file), total and top opcodes:"
+  for c in "${FUSE_CFGS[@]}"; do
+    for op in "${REQ_OPS[@]}"; do echo "  $(name "$c"), $op: ${REQ[$op/$c]}"; done
+  done
+fi
+if ((${#WARNINGS[@]})); then
+  echo
+  echo "WARNINGS (results that were wrong or incomplete):"
+  printf '  - %s\n' "${WARNINGS[@]}"
+fi
+((CHECK && MISSED)) && exit 3
+exit 0
