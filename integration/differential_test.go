@@ -26,6 +26,9 @@ var scenarioTools = []string{"bash", "cp", "setfattr", "setfacl", "setcap", "mkn
 // merged view is the reference, and every applier must rebuild exactly it
 // from the image that layerfs committed from the upper.
 func TestDifferential(t *testing.T) {
+	// The heavy tests overlap: one is disk-bound, one waits on the mirror,
+	// one is CPU-bound.
+	t.Parallel()
 	testenv.NeedRoot(t)
 	for _, tool := range scenarioTools {
 		needTool(t, tool)

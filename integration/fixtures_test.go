@@ -350,7 +350,7 @@ func heavyMakeCorpus(cache string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	h := sha256.Sum256([]byte(goroot + "\n" + string(version) + "\n" + heavyCorpusExtras))
+	h := sha256.Sum256([]byte(goroot + "\n" + string(version) + "\nwithout pkg, bin\n" + heavyCorpusExtras))
 	tarPath := filepath.Join(cache, "corpus-"+hex.EncodeToString(h[:8])+".tar")
 	if _, err := os.Stat(tarPath); err == nil {
 		return tarPath, nil
@@ -368,8 +368,12 @@ func heavyMakeCorpus(cache string) (string, error) {
 	// GNU tar in its default format with xattrs (PAX records for them):
 	// owners numeric, the Go tree first, then the extras.
 	part := filepath.Join(tmp, "corpus.tar")
-	args := []string{"--xattrs", "--xattrs-include=*", "--numeric-owner", "-cf", part,
-		"-C", filepath.Dir(goroot), filepath.Base(goroot), "-C", tmp, "extras"}
+	// Without pkg/ and bin/: 20 entries, but 83 MB of compiled tools that
+	// would only make every copy, hash and commit of the corpus slower.
+	base := filepath.Base(goroot)
+	args := []string{"--xattrs", "--xattrs-include=*", "--numeric-owner",
+		"--exclude=" + base + "/pkg", "--exclude=" + base + "/bin", "-cf", part,
+		"-C", filepath.Dir(goroot), base, "-C", tmp, "extras"}
 	if out, err := exec.Command("tar", args...).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("tar %s: %v\n%s", strings.Join(args, " "), err, out)
 	}

@@ -44,6 +44,9 @@ import (
 // the 2-CPU VM of BENCHMARKS.md the test takes 2.7-3.6 minutes through
 // layerfs and 2.2-2.8 through the kernel's overlayfs, mostly disk writes.
 func TestMountBulk(t *testing.T) {
+	// The heavy tests overlap: one is disk-bound, one waits on the mirror,
+	// one is CPU-bound.
+	t.Parallel()
 	testenv.NeedRoot(t)
 	union := heavyUnion(t)
 	corpus := heavyCorpus(t)

@@ -40,6 +40,9 @@ const debPackage = "hello"
 // BENCHMARKS.md it takes 1.9-3 minutes through layerfs (debootstrap
 // 1.4-2.1 of them) and 1.1-1.7 through the kernel's overlayfs.
 func TestMountDebootstrap(t *testing.T) {
+	// The heavy tests overlap: one is disk-bound, one waits on the mirror,
+	// one is CPU-bound.
+	t.Parallel()
 	testenv.NeedRoot(t)
 	union := heavyUnion(t)
 	heavyNeedDebootstrap(t)
