@@ -81,9 +81,9 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	// already applied the caller's umask.
 	syscall.Umask(0)
 	// The daemon keeps a node for every inode the kernel holds (100,000 in
-	// a stat of a large rootfs); collecting garbage at half the default
+	// a stat of a large rootfs); collecting garbage at under a third of the default
 	// growth keeps its resident memory near the live heap.
-	debug.SetGCPercent(50)
+	debug.SetGCPercent(30)
 
 	root := &node{fsys: fsys}
 	fsys.root = root
