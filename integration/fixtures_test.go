@@ -625,7 +625,7 @@ func heavyCheckUpper(t *testing.T, upper string, lowers []string) int {
 				problems = append(problems, fmt.Sprintf("%s: a whiteout, but no lower has that name", tree.Quote(rel)))
 			}
 		}
-		names, err := heavyListXattrs(p)
+		names, err := tree.ListXattrs(p)
 		if err != nil {
 			return err
 		}
@@ -643,23 +643,4 @@ func heavyCheckUpper(t *testing.T, upper string, lowers []string) int {
 	}
 	bulkReportLines(t, "upper "+upper, problems)
 	return whiteouts
-}
-
-func heavyListXattrs(p string) ([]string, error) {
-	n, err := unix.Llistxattr(p, nil)
-	if err != nil || n == 0 {
-		return nil, err
-	}
-	buf := make([]byte, n)
-	n, err = unix.Llistxattr(p, buf)
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for _, b := range bytes.Split(buf[:n], []byte{0}) {
-		if len(b) > 0 {
-			names = append(names, string(b))
-		}
-	}
-	return names, nil
 }

@@ -524,35 +524,16 @@ func scanUpper(root string) (map[string]upperEntry, error) {
 		}
 		e := upperEntry{typ: st.Mode & unix.S_IFMT}
 		e.whiteout = e.typ == unix.S_IFCHR && st.Rdev == 0
-		e.xattrs, err = llistxattr(p)
-		if err != nil {
+		if e.xattrs, err = tree.ListXattrs(p); err != nil {
 			return err
 		}
+		sort.Strings(e.xattrs)
 		m[filepath.ToSlash(rel)] = e
 		return nil
 	})
 	return m, err
 }
 
-func llistxattr(p string) ([]string, error) {
-	n, err := unix.Llistxattr(p, nil)
-	if err != nil || n == 0 {
-		return nil, err
-	}
-	buf := make([]byte, n)
-	n, err = unix.Llistxattr(p, buf)
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for _, b := range bytes.Split(buf[:n], []byte{0}) {
-		if len(b) > 0 {
-			names = append(names, string(b))
-		}
-	}
-	sort.Strings(names)
-	return names, nil
-}
 
 // checkUppers compares the two uppers where the issue pins them down:
 // the implementation's upper is in the kernel's format (0:0 whiteouts,

@@ -11,7 +11,7 @@ import (
 // readXattrs returns all xattrs of p (not following a symlink), byte-exact,
 // without overlayfs internals; nil when there are none.
 func readXattrs(p string) (map[string][]byte, error) {
-	names, err := listXattrs(p)
+	names, err := ListXattrs(p)
 	if err != nil {
 		return nil, err
 	}
@@ -35,7 +35,9 @@ func readXattrs(p string) (map[string][]byte, error) {
 	return out, nil
 }
 
-func listXattrs(p string) ([]string, error) {
+// ListXattrs lists the xattr names of p, not following symlinks, in the
+// order the filesystem gives.
+func ListXattrs(p string) ([]string, error) {
 	for {
 		n, err := unix.Llistxattr(p, nil)
 		if errors.Is(err, unix.ENOTSUP) {
