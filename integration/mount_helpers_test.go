@@ -534,7 +534,6 @@ func scanUpper(root string) (map[string]upperEntry, error) {
 	return m, err
 }
 
-
 // checkUppers compares the two uppers where the issue pins them down:
 // the implementation's upper is in the kernel's format (0:0 whiteouts,
 // trusted.overlay.opaque: no .wh.* files, no user.* overlay xattrs, as
