@@ -84,14 +84,14 @@ func ReadDir(dir string) (entries []Entry, opaque bool, err error) {
 		return nil, false, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
 	defer unix.Close(fd)
-	names, err := readNames(fd)
+	ents, err := readDirentsFd(fd)
 	if err != nil {
 		return nil, false, &os.PathError{Op: "readdir", Path: dir, Err: err}
 	}
-	slices.Sort(names)
 	var whiteouts []string
-	entries = make([]Entry, 0, len(names))
-	for _, name := range names {
+	entries = make([]Entry, 0, len(ents))
+	for _, d := range ents {
+		name := d.name
 		if IsReservedName(name) {
 			switch target := name[len(WhiteoutPrefix):]; {
 			case name == OpaqueMarker:
@@ -121,24 +121,4 @@ func ReadDir(dir string) (entries []Entry, opaque bool, err error) {
 		}
 	}
 	return entries, opaque, nil
-}
-
-// readNames lists an open directory without "." and "..", in the order
-// getdents gives.
-func readNames(fd int) ([]string, error) {
-	buf := make([]byte, 32<<10)
-	var names []string
-	for {
-		n, err := unix.Getdents(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			return names, nil
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-	}
 }

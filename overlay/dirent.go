@@ -25,6 +25,16 @@ func readDirents(path string) ([]dirent, error) {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	defer unix.Close(fd)
+	out, err := readDirentsFd(fd)
+	if err != nil {
+		return nil, &os.PathError{Op: "getdents", Path: path, Err: err}
+	}
+	return out, nil
+}
+
+// readDirentsFd lists an open directory, without "." and "..", sorted by
+// name.
+func readDirentsFd(fd int) ([]dirent, error) {
 	buf := make([]byte, 32<<10)
 	var out []dirent
 	for {
@@ -33,7 +43,7 @@ func readDirents(path string) ([]dirent, error) {
 			continue
 		}
 		if err != nil {
-			return nil, &os.PathError{Op: "getdents", Path: path, Err: err}
+			return nil, err
 		}
 		if n <= 0 {
 			break

@@ -125,15 +125,6 @@ func checkDir(p string) error {
 	return nil
 }
 
-// ReadOnly reports whether the union has no upper.
-func (u *Union) ReadOnly() bool { return u.upper == "" }
-
-// Upper is the upper dir, "" when read-only.
-func (u *Union) Upper() string { return u.upper }
-
-// Lowers are the lower dirs, topmost first.
-func (u *Union) Lowers() []string { return u.lower.Layers() }
-
 // Object is a merged object: the layer object that serves it.
 type Object struct {
 	Path  string // the serving object on disk
