@@ -69,7 +69,10 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		return nil, err
 	}
 	fsys := &filesystem{rootless: rootless, passthrough: !rootless, timeout: opts.Timeout}
-	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless, OnCopyUp: fsys.copiedUp})
+	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless, OnCopyUp: fsys.copiedUp,
+		// The upper's filesystem may give a gone object's inode number to a
+		// new file, which must not inherit its identity.
+		OnGone: func(o overlay.Object) { fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) }})
 	if err != nil {
 		return nil, err
 	}

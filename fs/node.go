@@ -336,16 +336,9 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if !ok {
 		return syscall.ENOENT
 	}
-	o, lerr := n.fsys.u.Lookup(rel)
 	err := n.fsys.u.Unlink(rel)
 	n.fsys.notify(false)
-	if err != nil {
-		return errno(err)
-	}
-	if lerr == nil && o.InUpper() && o.Stat.Nlink <= 1 {
-		n.fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) // the filesystem may reuse the number
-	}
-	return 0
+	return errno(err)
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
@@ -353,16 +346,9 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if !ok {
 		return syscall.ENOENT
 	}
-	o, lerr := n.fsys.u.Lookup(rel)
 	err := n.fsys.u.Rmdir(rel)
 	n.fsys.notify(false)
-	if err != nil {
-		return errno(err)
-	}
-	if lerr == nil && o.InUpper() {
-		n.fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino})
-	}
-	return 0
+	return errno(err)
 }
 
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
@@ -375,7 +361,6 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok1 || !ok2 {
 		return syscall.ENOENT
 	}
-	dst, derr := n.fsys.u.Lookup(newRel)
 	moved := n.GetChild(name)
 	err := n.fsys.u.Rename(oldRel, newRel, uint(flags))
 	if err == nil && moved != nil && isLowerLinkGen(moved.StableAttr().Gen) {
@@ -384,13 +369,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		n.fsys.queue(pendingNotify{rel: newRel, entry: true})
 	}
 	n.fsys.notify(false)
-	if err != nil {
-		return errno(err)
-	}
-	if derr == nil && dst.InUpper() && flags&unix.RENAME_EXCHANGE == 0 && (dst.IsDir() || dst.Stat.Nlink <= 1) {
-		n.fsys.inos.forget(inoKey{dst.Layer, dst.Stat.Ino}) // replaced
-	}
-	return 0
+	return errno(err)
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

@@ -264,44 +264,68 @@ func (u *Union) whiteout(rel string) error {
 	return err
 }
 
-// removeUpper removes the upper object at rel, leaving a whiteout when the
-// lowers have something there: atomically, with RENAME_WHITEOUT, where the
-// filesystem allows.
-func (u *Union) removeUpper(rel string, isDir, needWhiteout bool) error {
+// removeUpper removes the upper object o at rel, leaving a whiteout when
+// the lowers have something there: atomically, with RENAME_WHITEOUT, where
+// the filesystem allows.
+func (u *Union) removeUpper(rel string, o Object) error {
 	p := u.upperPath(rel)
 	rm := unix.Unlink
-	if isDir {
+	if o.IsDir() {
 		rm = unix.Rmdir
 	}
-	if !needWhiteout {
-		return rm(p)
+	var err error
+	if !o.InLower {
+		err = rm(p)
+	} else {
+		tmp := u.workTemp()
+		if err = unix.Renameat2(unix.AT_FDCWD, p, unix.AT_FDCWD, tmp, unix.RENAME_WHITEOUT); err == nil {
+			err = rm(tmp)
+		} else if err = rm(p); err == nil {
+			err = u.whiteout(rel)
+		}
 	}
-	tmp := u.workTemp()
-	if err := unix.Renameat2(unix.AT_FDCWD, p, unix.AT_FDCWD, tmp, unix.RENAME_WHITEOUT); err == nil {
-		return rm(tmp)
+	if err == nil {
+		u.gone(o)
 	}
-	if err := rm(p); err != nil {
-		return err
+	return err
+}
+
+// gone reports an upper object that no longer exists (its last name was
+// removed or replaced): its inode number may now be given to a new file.
+func (u *Union) gone(o Object) {
+	if u.onGone != nil && o.InUpper() && (o.IsDir() || o.Stat.Nlink <= 1) {
+		u.onGone(o)
 	}
-	return u.whiteout(rel)
+}
+
+// removable looks up what an unlink (dir false) or rmdir (dir true) of
+// rel would remove.
+func (u *Union) removable(rel string, dir bool) (Object, error) {
+	if err := u.writable(); err != nil {
+		return Object{}, err
+	}
+	o, err := u.lookup(rel)
+	switch {
+	case err != nil:
+		return o, err
+	case o.IsDir() && !dir:
+		return o, unix.EISDIR
+	case !o.IsDir() && dir:
+		return o, unix.ENOTDIR
+	}
+	return o, nil
 }
 
 // Unlink removes a non-directory.
 func (u *Union) Unlink(rel string) error {
 	u.ns.Lock()
 	defer u.ns.Unlock()
-	if err := u.writable(); err != nil {
-		return err
-	}
-	o, err := u.lookup(rel)
+	o, err := u.removable(rel, false)
 	if err != nil {
 		return err
 	}
-	if o.IsDir() {
-		return unix.EISDIR
-	}
 	if o.InUpper() {
-		return u.removeUpper(rel, false, o.InLower)
+		return u.removeUpper(rel, o)
 	}
 	pdir, _ := Split(rel)
 	if _, err := u.copyUp(pdir, false); err != nil {
@@ -315,15 +339,9 @@ func (u *Union) Unlink(rel string) error {
 func (u *Union) Rmdir(rel string) error {
 	u.ns.Lock()
 	defer u.ns.Unlock()
-	if err := u.writable(); err != nil {
-		return err
-	}
-	o, err := u.lookup(rel)
+	o, err := u.removable(rel, true)
 	if err != nil {
 		return err
-	}
-	if !o.IsDir() {
-		return unix.ENOTDIR
 	}
 	if err := u.checkEmpty(rel); err != nil {
 		return err
@@ -333,7 +351,7 @@ func (u *Union) Rmdir(rel string) error {
 		if err := u.clearMarkers(rel); err != nil {
 			return err
 		}
-		return u.removeUpper(rel, true, o.InLower)
+		return u.removeUpper(rel, o)
 	}
 	pdir, _ := Split(rel)
 	if _, err := u.copyUp(pdir, false); err != nil {
@@ -506,6 +524,9 @@ func (u *Union) Rename(oldRel, newRel string, flags uint) error {
 		if err := unix.Rename(src.Path, newPath); err != nil {
 			return err
 		}
+	}
+	if dstExists {
+		u.gone(dst) // replaced
 	}
 	if src.IsDir() {
 		return u.opaqueIfLowerHas(newRel)

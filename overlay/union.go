@@ -32,6 +32,7 @@ type Union struct {
 	// layer file now, and stat may say other things of it (a copied-up
 	// directory is a merged one).
 	onCopyUp func(rel string, from, to Object)
+	onGone   func(o Object)
 
 	// Reading override_stat costs a listxattr per stat, on every lookup;
 	// most objects can be known not to have one. Lower objects never
@@ -71,6 +72,10 @@ type UnionOptions struct {
 	// OnCopyUp, if set, is called (under the namespace lock) for each
 	// object copied up, with the object before and after.
 	OnCopyUp func(rel string, from, to Object)
+	// OnGone, if set, is called (under the namespace lock) for each upper
+	// object that stops existing, whose inode number its filesystem may
+	// then reuse.
+	OnGone func(o Object)
 }
 
 // Layer numbers in identities: the upper is 0, the lowers 1.. from the top.
@@ -83,7 +88,7 @@ func NewUnion(o UnionOptions) (*Union, error) {
 			return nil, fmt.Errorf("lower %s: %w", l, err)
 		}
 	}
-	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, onCopyUp: o.OnCopyUp, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
+	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, onCopyUp: o.OnCopyUp, onGone: o.OnGone, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
 	if o.Upper == "" {
 		return u, nil
 	}
