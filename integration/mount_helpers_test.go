@@ -18,38 +18,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/integration/appliers"
+	"github.com/layerfs/layerfs/integration/fsops/opspec"
 	"github.com/layerfs/layerfs/integration/testenv"
 	"github.com/layerfs/layerfs/integration/tree"
 )
 
-// fsop is one operation for the fsops program (fsops/main.go, type Op).
-type fsop struct {
-	Op    string   `json:"op"`
-	Path  string   `json:"path,omitempty"`
-	Path2 string   `json:"path2,omitempty"`
-	Data  string   `json:"data,omitempty"`
-	Hex   bool     `json:"hex,omitempty"`
-	Off   int64    `json:"off,omitempty"`
-	Size  int64    `json:"size,omitempty"`
-	Mode  uint32   `json:"mode,omitempty"`
-	Uid   int      `json:"uid,omitempty"`
-	Gid   int      `json:"gid,omitempty"`
-	Name  string   `json:"name,omitempty"`
-	Kind  string   `json:"kind,omitempty"`
-	Major uint32   `json:"major,omitempty"`
-	Minor uint32   `json:"minor,omitempty"`
-	Atime int64    `json:"atime,omitempty"`
-	Mtime int64    `json:"mtime,omitempty"`
-	Flags []string `json:"flags,omitempty"`
-}
-
-func (o fsop) String() string {
-	if len(o.Data) > 40 {
-		o.Data = fmt.Sprintf("%s...(%d bytes)", o.Data[:12], len(o.Data))
-	}
-	b, _ := json.Marshal(o)
-	return string(b)
-}
+// fsop is one operation for the fsops program.
+type fsop = opspec.Op
 
 // fsResult is fsops' output for one op (fsops/main.go, type Result).
 type fsResult struct {

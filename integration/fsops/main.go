@@ -39,45 +39,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/integration/fsops/opspec"
 	"github.com/layerfs/layerfs/integration/tree"
 )
 
-// Op is one operation. Paths are relative to the root and never start
-// with "/"; "" is the root itself.
-type Op struct {
-	Op    string `json:"op"`
-	Path  string `json:"path,omitempty"`
-	Path2 string `json:"path2,omitempty"` // rename/link target, sameino's other name
-	// Data is what write-like ops write, the symlink target, the xattr
-	// value (hex-decoded when Hex), or the sh command.
-	Data string `json:"data,omitempty"`
-	Hex  bool   `json:"hex,omitempty"`
-	Off  int64  `json:"off,omitempty"`
-	Size int64  `json:"size,omitempty"`
-	Mode uint32 `json:"mode,omitempty"`
-	Uid  int    `json:"uid,omitempty"`
-	Gid  int    `json:"gid,omitempty"`
-	// Name is the xattr name, or the key of an ino_mark.
-	Name string `json:"name,omitempty"`
-	// Kind of mknod: char, block or fifo.
-	Kind  string `json:"kind,omitempty"`
-	Major uint32 `json:"major,omitempty"`
-	Minor uint32 `json:"minor,omitempty"`
-	// Atime and Mtime of utimens, in ns since the epoch; -1 is UTIME_NOW,
-	// -2 UTIME_OMIT.
-	Atime int64    `json:"atime,omitempty"`
-	Mtime int64    `json:"mtime,omitempty"`
-	Flags []string `json:"flags,omitempty"`
-}
-
-func (o Op) has(flag string) bool {
-	for _, f := range o.Flags {
-		if f == flag {
-			return true
-		}
-	}
-	return false
-}
+// Op is one operation (shared with the tests that write them).
+type Op = opspec.Op
 
 // Result is what one op did. Err and Out are compared between
 // implementations; Diag is for humans only (stderr of a shell command).
@@ -272,11 +239,11 @@ func openFlags(op Op, base int) int {
 		}
 	}
 	switch {
-	case op.has("rdwr"):
+	case op.Has("rdwr"):
 		f = f&^(unix.O_WRONLY|unix.O_RDONLY) | unix.O_RDWR
-	case op.has("rdonly"):
+	case op.Has("rdonly"):
 		f = f &^ (unix.O_WRONLY | unix.O_RDWR)
-	case op.has("wronly"):
+	case op.Has("wronly"):
 		f = f&^(unix.O_RDWR|unix.O_RDONLY) | unix.O_WRONLY
 	}
 	return f
@@ -308,7 +275,7 @@ func (r *runner) do(op Op, out map[string]any, res *Result) error {
 				return err
 			}
 		}
-		if op.has("read") {
+		if op.Has("read") {
 			b, err := readAll(fd, 0)
 			if err != nil {
 				return err
@@ -444,14 +411,14 @@ func (r *runner) do(op Op, out map[string]any, res *Result) error {
 		return unix.Fchmodat(r.rootfd, r.rel(op.Path), op.Mode, 0)
 	case "chown":
 		flags := 0
-		if op.has("nofollow") {
+		if op.Has("nofollow") {
 			flags = unix.AT_SYMLINK_NOFOLLOW
 		}
 		return unix.Fchownat(r.rootfd, r.rel(op.Path), op.Uid, op.Gid, flags)
 	case "utimens":
 		ts := [2]unix.Timespec{timespec(op.Atime), timespec(op.Mtime)}
 		flags := 0
-		if op.has("nofollow") {
+		if op.Has("nofollow") {
 			flags = unix.AT_SYMLINK_NOFOLLOW
 		}
 		return unix.UtimesNanoAt(r.rootfd, r.rel(op.Path), ts[:], flags)
@@ -461,13 +428,13 @@ func (r *runner) do(op Op, out map[string]any, res *Result) error {
 			return err
 		}
 		flags := 0
-		if op.has("create") {
+		if op.Has("create") {
 			flags = unix.XATTR_CREATE
 		}
-		if op.has("replace") {
+		if op.Has("replace") {
 			flags = unix.XATTR_REPLACE
 		}
-		if op.has("follow") {
+		if op.Has("follow") {
 			return unix.Setxattr(r.abs(op.Path), op.Name, v, flags)
 		}
 		return unix.Lsetxattr(r.abs(op.Path), op.Name, v, flags)
@@ -582,10 +549,10 @@ func timespec(ns int64) unix.Timespec {
 // instead succeed; both then end in the same tree.
 func (r *runner) rename(op Op, out map[string]any) error {
 	var flags uint
-	if op.has("noreplace") {
+	if op.Has("noreplace") {
 		flags |= unix.RENAME_NOREPLACE
 	}
-	if op.has("exchange") {
+	if op.Has("exchange") {
 		flags |= unix.RENAME_EXCHANGE
 	}
 	var st unix.Stat_t
@@ -593,7 +560,7 @@ func (r *runner) rename(op Op, out map[string]any) error {
 	var dst unix.Stat_t
 	dstDir := unix.Fstatat(r.rootfd, op.Path2, &dst, unix.AT_SYMLINK_NOFOLLOW) == nil && dst.Mode&unix.S_IFMT == unix.S_IFDIR
 	err := unix.Renameat2(r.rootfd, op.Path, r.rootfd, op.Path2, flags)
-	if !errors.Is(err, unix.EXDEV) || !op.has("fallback") || !(srcDir || (flags&unix.RENAME_EXCHANGE != 0 && dstDir)) {
+	if !errors.Is(err, unix.EXDEV) || !op.Has("fallback") || !(srcDir || (flags&unix.RENAME_EXCHANGE != 0 && dstDir)) {
 		return err
 	}
 	out["fallback"] = true
@@ -647,7 +614,7 @@ func (r *runner) moveByCopy(from, to string) error {
 }
 
 func (r *runner) fsync(op Op) error {
-	if op.has("dir") {
+	if op.Has("dir") {
 		fd, err := r.open(op.Path, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 		if err != nil {
 			return err
@@ -679,7 +646,7 @@ func (r *runner) fsync(op Op) error {
 // Opened read-only unless the flag rdwr is given.
 func (r *runner) flock(op Op, out map[string]any) error {
 	mode := unix.O_RDONLY
-	if op.has("rdwr") {
+	if op.Has("rdwr") {
 		mode = unix.O_RDWR
 	}
 	a, err := r.open(op.Path, mode, 0)
