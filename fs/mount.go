@@ -15,6 +15,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -74,7 +75,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		// new file, which must not inherit its identity.
 		OnGone: func(o overlay.Object) { fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) }})
 	if err != nil {
-		return nil, err
+		return nil, inputerr.Wrap(err) // the layer dirs given are not usable as such
 	}
 	fsys.u = u
 	if err := clearStale(mountpoint); err != nil {

@@ -370,6 +370,7 @@ func TestMountBadInput(t *testing.T) {
 		{[]string{"mount", "--lower", file, d[1]}, "not a directory"},
 		{[]string{"mount", "--lower", d[0], filepath.Join(base, "nomnt")}, "nomnt: does not exist"},
 		{[]string{"mount", "--lower", d[0], "--workdir", base, d[1]}, "--workdir"},
+		{[]string{"mount", "--lower", d[0], "--upper", filepath.Join(base, "up"), "--workdir", filepath.Join(base, "up", "work"), d[1]}, "inside the upper"},
 		{[]string{"umount", d[1]}, "not a layerfs mount"},
 		{[]string{"umount"}, "mountpoint"},
 	}
