@@ -175,7 +175,10 @@ func list(only string) ([]MountInfo, error) {
 			continue
 		}
 		m.Mounted = mounted[mp]
-		m.Alive = m.Mounted && pidAlive(m.PID) && answers(mp)
+		// A mount without a record may be one whose daemon has not
+		// registered it yet (it mounts first): only its own answer can
+		// tell it dead.
+		m.Alive = m.Mounted && (m.PID == 0 || pidAlive(m.PID)) && answers(mp)
 		out = append(out, m)
 	}
 	slices.SortFunc(out, func(a, b MountInfo) int { return strings.Compare(a.Mountpoint, b.Mountpoint) })

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
@@ -71,37 +70,12 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 		return res, err
 	}
 	out := opts.Image
-
-	// An existing layout is locked before its index is read, so that
-	// concurrent commits to it queue instead of losing each other's tags.
-	exists, err := layoutExists(out)
+	o, err := openOutput(out)
 	if err != nil {
 		return res, err
 	}
-	dir := out.Path
-	if !exists {
-		// A new layout is built beside its final place and renamed into
-		// it, so a failure leaves no directory behind.
-		parentDir := filepath.Dir(filepath.Clean(out.Path))
-		if err := os.MkdirAll(parentDir, 0o755); err != nil {
-			return res, err
-		}
-		removeStaleLayouts(parentDir)
-		if dir, err = os.MkdirTemp(parentDir, fmt.Sprintf("%s%d-", tmpPrefix, os.Getpid())); err != nil {
-			return res, err
-		}
-		defer os.RemoveAll(dir) // after the final rename there is nothing left to remove
-	}
-	lay, err := CreateLayout(dir)
-	if err != nil {
-		return res, err
-	}
-	defer lay.Close()
-	defer func() {
-		if err != nil {
-			lay.Abort()
-		}
-	}()
+	defer func() { o.close(err) }()
+	lay, exists := o.lay, o.exists
 
 	// The parent: the image at the output tag, else the base, else none.
 	var parent *Image
@@ -179,7 +153,10 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 	case opts.Layer.SourceDateEpoch != nil:
 		created = opts.Layer.SourceDateEpoch.UTC()
 	}
-	cfg.appendLayer(layer.DiffID, created, opts.History, &opts.Config)
+	h := historyEntry{Created: &created, CreatedBy: "layerfs commit", Comment: opts.History, Author: opts.Config.Author}
+	cfg.appendLayer(layer.DiffID, h)
+	cfg.set("created", created)
+	cfg.apply(&opts.Config)
 	rawCfg, err := cfg.marshal()
 	if err != nil {
 		return res, err
@@ -208,29 +185,8 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 	osName, arch, variant := cfg.platform()
 	mdesc.Platform = &v1.Platform{OS: osName, Architecture: arch, Variant: variant}
 	mdesc.Annotations = map[string]string{v1.AnnotationRefName: out.Tag}
-
-	idx, err := lay.ReadIndex()
-	if err != nil {
+	if err = o.tag(out.Tag, mdesc); err != nil {
 		return res, err
-	}
-	kept := idx.Manifests[:0]
-	for _, m := range idx.Manifests {
-		if m.Annotations[v1.AnnotationRefName] != out.Tag {
-			kept = append(kept, m)
-		}
-	}
-	idx.Manifests = append(kept, mdesc)
-	idx.Versioned = specs.Versioned{SchemaVersion: 2}
-	if err = lay.WriteIndex(idx); err != nil {
-		return res, err
-	}
-	if !exists {
-		if err = os.Rename(dir, out.Path); err != nil {
-			return res, fmt.Errorf("create %s: %w", out.Path, err)
-		}
-		if err = syncDir(filepath.Dir(filepath.Clean(out.Path))); err != nil {
-			return res, err
-		}
 	}
 	return CommitResult{Layer: layer, Manifest: mdesc, Image: out, Layers: len(manifest.Layers)}, nil
 }

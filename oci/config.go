@@ -29,6 +29,11 @@ type ConfigChanges struct {
 	Arch       string
 	Variant    string
 	Author     string
+	// ClearEnv, ClearLabels and ClearPorts drop the inherited values before
+	// Env, Labels and Ports apply: a build spec's empty env: {} clears.
+	ClearEnv, ClearLabels, ClearPorts bool
+	// SortEnv writes Env sorted by name, as build specs promise.
+	SortEnv bool
 }
 
 var portPattern = regexp.MustCompile(`^[0-9]{1,5}(-[0-9]{1,5})?(/(tcp|udp|sctp))?$`)
@@ -92,10 +97,10 @@ type historyEntry struct {
 	EmptyLayer bool       `json:"empty_layer,omitempty"`
 }
 
-// appendLayer adds a layer to the config: diff_id, a history entry, the
-// created date, and the edits. Keeping rootfs.diff_ids and the non-empty
-// history entries in step with the manifest's layers is its job.
-func (c config) appendLayer(diffID digest.Digest, created time.Time, comment string, ch *ConfigChanges) {
+// appendLayer adds a layer to the config: its diff_id and history entry.
+// Keeping rootfs.diff_ids and the non-empty history entries in step with
+// the manifest's layers is its job.
+func (c config) appendLayer(diffID digest.Digest, h historyEntry) {
 	var rootfs struct {
 		Type    string          `json:"type"`
 		DiffIDs []digest.Digest `json:"diff_ids"`
@@ -117,15 +122,9 @@ func (c config) appendLayer(diffID digest.Digest, created time.Time, comment str
 		history = append(history, historyEntry{CreatedBy: "layer without history"})
 	}
 	rootfs.DiffIDs = append(rootfs.DiffIDs, diffID)
-	h := historyEntry{Created: &created, CreatedBy: "layerfs commit", Comment: comment}
-	if ch.Author != "" {
-		h.Author = ch.Author
-	}
 	history = append(history, h)
 	c.set("rootfs", rootfs)
 	c.set("history", history)
-	c.set("created", created)
-	c.apply(ch)
 }
 
 // apply edits the config as Docker's builder would for the same flags.
@@ -154,7 +153,16 @@ func (c config) apply(ch *ConfigChanges) {
 	if ch.Cmd != nil {
 		rc.set("Cmd", ch.Cmd)
 	}
-	if len(ch.Env) > 0 {
+	if ch.ClearEnv {
+		delete(rc, "Env")
+	}
+	if ch.ClearLabels {
+		delete(rc, "Labels")
+	}
+	if ch.ClearPorts {
+		delete(rc, "ExposedPorts")
+	}
+	if len(ch.Env) > 0 || ch.SortEnv {
 		var env []string
 		rc.get("Env", &env)
 		for _, kv := range ch.Env {
@@ -162,7 +170,16 @@ func (c config) apply(ch *ConfigChanges) {
 			env = slices.DeleteFunc(env, func(e string) bool { ek, _, _ := strings.Cut(e, "="); return ek == k })
 			env = append(env, kv)
 		}
-		rc.set("Env", env)
+		if ch.SortEnv {
+			slices.SortStableFunc(env, func(a, b string) int {
+				ak, _, _ := strings.Cut(a, "=")
+				bk, _, _ := strings.Cut(b, "=")
+				return strings.Compare(ak, bk)
+			})
+		}
+		if len(env) > 0 {
+			rc.set("Env", env)
+		}
 	}
 	if len(ch.Labels) > 0 {
 		labels := map[string]string{}
@@ -191,6 +208,8 @@ func (c config) apply(ch *ConfigChanges) {
 		rc.set("StopSignal", *ch.StopSignal)
 	}
 	if len(rc) > 0 {
+		c.set("config", rc)
+	} else if _, ok := c["config"]; ok && (ch.ClearEnv || ch.ClearLabels || ch.ClearPorts) {
 		c.set("config", rc)
 	}
 }

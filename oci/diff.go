@@ -8,11 +8,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -39,22 +41,36 @@ type pendingDir struct {
 	written bool
 }
 
-// differ turns an upper dir into layer tar entries, following DESIGN.md's
-// layer tar rules. The walk is depth-first with names sorted bytewise, so
-// parents precede children and the output depends only on the trees.
+// differ turns an upper dir (or, in rootfs mode, a full root filesystem)
+// into layer tar entries, following DESIGN.md's layer tar rules. The walk
+// is depth-first with names sorted bytewise, so parents precede children
+// and the output depends only on the trees.
 type differ struct {
 	ctx     context.Context
 	tw      *tar.Writer
+	root    string // the dir being committed
 	lower   overlay.Lower
 	opts    LayerOptions
+	exclude *ExcludeMatcher
 	epoch   time.Time // whiteout date
 	pending []pendingDir
 	links   map[fileID]string // first path of each upper hardlink group
-	buf     []byte
-	entries int
+	// groups (rootfs mode) lists the paths of each hardlink group of the
+	// rootfs, gathered on first need; unchanged caches each group's verdict.
+	groups    map[fileID][]string
+	unchanged map[fileID]bool
+	buf       []byte
+	entries   int
 }
 
 func writeDiff(ctx context.Context, w io.Writer, upper string, lower overlay.Lower, opts LayerOptions) (int, error) {
+	if opts.Deletions && !opts.Rootfs {
+		return 0, inputerr.New("deletions apply to a rootfs only: an overlay upper records its deletions as whiteouts")
+	}
+	exclude, err := NewExcludeMatcher(opts.Exclude)
+	if err != nil {
+		return 0, err
+	}
 	st, err := os.Stat(upper)
 	if err != nil {
 		return 0, err
@@ -62,14 +78,25 @@ func writeDiff(ctx context.Context, w io.Writer, upper string, lower overlay.Low
 	if !st.IsDir() {
 		return 0, fmt.Errorf("%s: not a directory", upper)
 	}
+	if opts.Rootfs {
+		e, err := overlay.Stat(upper)
+		if err != nil {
+			return 0, err
+		}
+		if e.Opaque {
+			return 0, rootfsMarkerError(upper, "an overlay opaque xattr")
+		}
+	}
 	d := &differ{
-		ctx:   ctx,
-		tw:    tar.NewWriter(w),
-		lower: lower,
-		opts:  opts,
-		epoch: time.Unix(0, 0),
-		links: map[fileID]string{},
-		buf:   make([]byte, 256<<10),
+		ctx:     ctx,
+		tw:      tar.NewWriter(w),
+		root:    upper,
+		lower:   lower,
+		opts:    opts,
+		exclude: exclude,
+		epoch:   time.Unix(0, 0),
+		links:   map[fileID]string{},
+		buf:     make([]byte, 256<<10),
 	}
 	if opts.SourceDateEpoch != nil {
 		d.epoch = *opts.SourceDateEpoch
@@ -92,16 +119,35 @@ func (d *differ) walkDir(rel, abs string, sc scope, opaque, lowerIsDir bool) err
 	if err := d.ctx.Err(); err != nil {
 		return err
 	}
+	if d.opts.Rootfs {
+		// Before ReadDir, which would read .wh. names as markers (and drop
+		// a .wh.NAME beside a real NAME without a trace).
+		if err := checkRootfsNames(abs); err != nil {
+			return err
+		}
+	}
 	entries, marker, err := overlay.ReadDir(abs)
 	if err != nil {
 		return err
+	}
+	if d.opts.Rootfs {
+		if err := checkRootfsEntries(abs, entries); err != nil {
+			return err
+		}
 	}
 	opaque = opaque || marker
 	switch {
 	case sc == scopeEmpty:
 	case !lowerIsDir:
 		sc = scopeEmpty
-	case opaque && d.opts.OpaqueMarkers:
+	case d.opts.Rootfs && d.opts.Deletions:
+		// A full rootfs lists everything it keeps: what the lower has
+		// beyond that is gone, as beneath an opaque dir.
+		sc = scopeExclusive
+	case d.opts.Rootfs:
+	case opaque && d.opts.OpaqueMarkers && !d.exclude.matchesBelow(rel):
+		// Only where nothing beneath is excluded: the marker would delete
+		// the lower's excluded paths too, which explicit whiteouts spare.
 		if err := d.whiteout(overlay.Join(rel, overlay.OpaqueMarker)); err != nil {
 			return err
 		}
@@ -125,7 +171,7 @@ func (d *differ) walkDir(rel, abs string, sc scope, opaque, lowerIsDir bool) err
 			}
 		}
 		for _, n := range names {
-			if !present[n] {
+			if !present[n] && !d.exclude.matches(overlay.Join(rel, n)) {
 				if err := d.whiteout(overlay.Join(rel, overlay.WhiteoutPrefix+n)); err != nil {
 					return err
 				}
@@ -133,7 +179,7 @@ func (d *differ) walkDir(rel, abs string, sc scope, opaque, lowerIsDir bool) err
 		}
 	case scopeMerge:
 		for _, e := range entries {
-			if !e.Whiteout {
+			if !e.Whiteout || d.exclude.matches(overlay.Join(rel, e.Name)) {
 				continue
 			}
 			m, err := d.lower.Lookup(overlay.Join(rel, e.Name))
@@ -162,6 +208,9 @@ func (d *differ) walkDir(rel, abs string, sc scope, opaque, lowerIsDir bool) err
 
 func (d *differ) entry(rel, abs string, e *overlay.Entry, sc scope) error {
 	p := overlay.Join(rel, e.Name)
+	if d.exclude.matches(p) {
+		return nil // nor anything beneath it
+	}
 	ap := filepath.Join(abs, e.Name)
 	m := &e.Meta
 	var lm *overlay.Meta
@@ -193,6 +242,15 @@ func (d *differ) entry(rel, abs string, e *overlay.Entry, sc scope) error {
 		// walk order as the file and the rest as links to it (rule 7):
 		// dropping a name as unchanged would leave a link to nothing.
 		id := fileID{m.Dev, m.Ino}
+		if d.opts.Rootfs {
+			// A rootfs holds the lowers' hardlinks too; a group goes into
+			// the layer whole or not at all, so that no name is left
+			// linked to a stale inode.
+			same, err := d.groupUnchanged(id)
+			if err != nil || same {
+				return err
+			}
+		}
 		if first, ok := d.links[id]; ok {
 			// The link carries the file's full metadata: containerd and
 			// moby chown, chmod and set times on the link path, which is
@@ -386,6 +444,166 @@ func (d *differ) copyContent(path string, size int64) error {
 	}
 	if k, _ := unix.Read(fd, d.buf[:1]); k > 0 {
 		return fmt.Errorf("%s: %w (grew past %d bytes)", path, errChanged, size)
+	}
+	return nil
+}
+
+// checkRootfsNames refuses .wh. names in a rootfs: they are overlay
+// markers, which a full root filesystem never holds, and reading one as a
+// marker would turn a stray file into a deletion.
+func checkRootfsNames(dir string) error {
+	names, err := readNames(dir)
+	if err != nil {
+		return err
+	}
+	slices.Sort(names) // report the same one every time
+	for _, n := range names {
+		if overlay.IsReservedName(n) {
+			return rootfsMarkerError(filepath.Join(dir, n), "a "+overlay.WhiteoutPrefix+" file (an overlay whiteout or opaque marker)")
+		}
+	}
+	return nil
+}
+
+// checkRootfsEntries refuses the markers that ReadDir recognises by type
+// or xattr rather than by name.
+func checkRootfsEntries(dir string, entries []overlay.Entry) error {
+	for i := range entries {
+		e := &entries[i]
+		p := filepath.Join(dir, e.Name)
+		switch {
+		case e.Whiteout:
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err == nil && overlay.IsWhiteoutDevice(&st) {
+				return rootfsMarkerError(p, "a 0:0 character device (an overlay whiteout)")
+			}
+			return rootfsMarkerError(p, "an overlay whiteout xattr")
+		case e.Opaque:
+			return rootfsMarkerError(p, "an overlay opaque xattr")
+		}
+	}
+	return nil
+}
+
+func rootfsMarkerError(path, what string) error {
+	return inputerr.New("%s: %s in a rootfs; a full root filesystem has no overlay markers, so commit an overlay upper as an upper, not as a rootfs", path, what)
+}
+
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("read dir %s: %w", dir, err)
+	}
+	return names, nil
+}
+
+// groupUnchanged reports whether every name of the rootfs hardlink group
+// id is identical to what the lower has at that path, and, where the
+// lower can tell (a Stack reports inodes, a Listing does not), is one
+// object there too. Such a group is the lowers' own and is left out.
+func (d *differ) groupUnchanged(id fileID) (bool, error) {
+	if same, ok := d.unchanged[id]; ok {
+		return same, nil
+	}
+	if d.groups == nil {
+		// Only a full scan finds every name of a group before the first
+		// is due; it reads no content and no xattrs.
+		d.groups = map[fileID][]string{}
+		d.unchanged = map[fileID]bool{}
+		if err := d.scanLinks("", d.root); err != nil {
+			return false, err
+		}
+	}
+	same, err := d.sameGroup(d.groups[id])
+	if err != nil {
+		return false, err
+	}
+	d.unchanged[id] = same
+	return same, nil
+}
+
+func (d *differ) sameGroup(paths []string) (bool, error) {
+	if len(paths) == 0 {
+		return false, nil // linked after the scan: not the lowers' group
+	}
+	var lowerID fileID
+	for i, p := range paths {
+		ap := filepath.Join(d.root, p)
+		e, err := overlay.Stat(ap)
+		if err != nil {
+			return false, err
+		}
+		if e.Whiteout {
+			return false, nil // refused when the walk gets there
+		}
+		lm, err := d.lower.Lookup(p)
+		if err != nil {
+			return false, err
+		}
+		if lm == nil || !d.sameMeta(&e.Meta, lm) {
+			return false, nil
+		}
+		if lm.Ino != 0 {
+			if id := (fileID{lm.Dev, lm.Ino}); i == 0 {
+				lowerID = id
+			} else if id != lowerID {
+				return false, nil // linked here, separate objects below
+			}
+		}
+		if e.Meta.Type == overlay.TypeReg {
+			same, err := d.lower.SameContent(p, ap)
+			if err != nil || !same {
+				return false, err
+			}
+		}
+	}
+	return true, nil
+}
+
+// scanLinks records the paths of every non-directory with more than one
+// link beneath the rootfs dir abs (layer path rel), skipping excluded ones.
+func (d *differ) scanLinks(rel, abs string) error {
+	if err := d.ctx.Err(); err != nil {
+		return err
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return err
+	}
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("read dir %s: %w", abs, err)
+	}
+	var subdirs []string
+	for _, n := range names {
+		p := overlay.Join(rel, n)
+		if d.exclude.matches(p) {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(int(f.Fd()), n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			f.Close()
+			return &os.PathError{Op: "lstat", Path: filepath.Join(abs, n), Err: err}
+		}
+		switch {
+		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			subdirs = append(subdirs, n)
+		case st.Nlink > 1:
+			id := fileID{uint64(st.Dev), st.Ino}
+			d.groups[id] = append(d.groups[id], p)
+		}
+	}
+	f.Close() // before descending: open fds would grow with the depth
+	for _, n := range subdirs {
+		if err := d.scanLinks(overlay.Join(rel, n), filepath.Join(abs, n)); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -72,6 +72,37 @@ type LayerOptions struct {
 	// Explicit whiteouts are the default because go-containerregistry
 	// before v0.21.8 ignores opaque markers.
 	OpaqueMarkers bool
+	// Rootfs reads the committed dir as a full root filesystem rather than
+	// an overlay upper, and writes its delta over the lower: what it adds
+	// and what it changes (type, mode, owner, layer xattrs, content or
+	// link target, and mtime unless SourceDateEpoch clamps it; directories
+	// when their own metadata changed or as parents of emitted entries).
+	// Lower file content is read only where type and size match. A
+	// hardlink group of the rootfs is emitted whole unless every name is
+	// unchanged (and, with layer-dir lowers, one object below too). The
+	// layer is the one an overlay upper that made the same changes gives.
+	// A rootfs holds no overlay markers: a 0:0 character device, a .wh.
+	// name or an overlay opaque or whiteout xattr in it is bad input.
+	// OpaqueMarkers has no effect, since nothing in a rootfs is opaque.
+	Rootfs bool
+	// Deletions (Rootfs only) also whites out what the lower has and the
+	// rootfs lacks: the topmost missing path only (one whiteout for a
+	// missing tree), never beneath a path the rootfs turns into a
+	// non-directory (DESIGN.md rule 3), never an excluded path. Without
+	// it a rootfs layer has no whiteouts at all, so that a rootfs holding
+	// only the new files adds them without deleting the rest.
+	Deletions bool
+	// Exclude lists paths that the layer never carries, neither as
+	// entries nor as whiteouts, whichever the mode. Patterns are absolute
+	// image paths in which "*" matches within one component, "?" one
+	// character, and a "**" component any number (zero or more) of whole
+	// components; a trailing "/**" matches one or more, so /var/cache/**
+	// excludes everything beneath /var/cache while /var/cache itself is
+	// still emitted when it changed. A pattern that matches a directory
+	// excludes it and everything beneath it. See ExcludeMatcher for the
+	// details and ValidateExclude to check patterns up front; WriteLayer
+	// refuses bad ones as bad input.
+	Exclude []string
 	// Warn receives notes about skipped entries (sockets).
 	Warn func(msg string)
 }

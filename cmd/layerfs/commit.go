@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -14,8 +16,11 @@ import (
 )
 
 type commitCmd struct {
-	Upper           string   `required:"" placeholder:"DIR" help:"Layer dir whose delta becomes the layer: an overlayfs, fuse-overlayfs or layerfs upper, or a plain dir."`
-	Lower           []string `placeholder:"DIR" sep:"none" help:"Layer dir beneath the upper, base first (repeatable). Without it the lower view is listed from the image's layer tars."`
+	Upper           string   `xor:"source" placeholder:"DIR" help:"Layer dir whose delta becomes the layer: an overlayfs, fuse-overlayfs or layerfs upper, or a plain dir. Exactly one of --upper and --rootfs."`
+	Rootfs          string   `xor:"source" placeholder:"DIR" help:"A full root filesystem (no overlay markers) whose differences from the lowers become the layer: additions and changes, and with --deletions also whiteouts. Exactly one of --upper and --rootfs."`
+	Deletions       bool     `help:"With --rootfs: white out every path the lowers have and the rootfs lacks (without it the layer has no whiteouts)."`
+	Lower           []string `placeholder:"DIR" sep:"none" help:"Layer dir beneath the upper or rootfs, base first (repeatable). Without it the lower view is listed from the image's layer tars."`
+	Exclude         []string `sep:"none" placeholder:"PATTERN" help:"Leave out this image path and everything beneath it, e.g. /var/cache/** (repeatable): no entry, no whiteout. * and ? match within one component, a ** component any number of components; a trailing /** keeps the dir itself."`
 	Image           string   `required:"" placeholder:"oci:DIR[:TAG]" help:"Output image. An existing tag is appended to; a new layout's tag defaults to latest."`
 	Base            string   `placeholder:"REF" help:"Image to start from when --image does not exist yet (oci: or oci-archive:)."`
 	Compression     string   `enum:"gzip,zstd,none" default:"gzip" help:"Layer compression: gzip, zstd or none."`
@@ -73,6 +78,27 @@ func (c *commitCmd) Run(e *env) error {
 func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
 	opts := oci.CommitOptions{Upper: c.Upper, Lowers: c.Lower, History: c.History}
 	var err error
+	// Not kong's required: its usage line would then demand both.
+	if c.Upper == "" && c.Rootfs == "" {
+		return opts, inputerr.New("missing flags: --upper=DIR or --rootfs=DIR")
+	}
+	if c.Rootfs != "" {
+		// Checked here so that the error names the flag; oci.Commit would
+		// call the dir an upper.
+		if err := checkRootfsDir(c.Rootfs); err != nil {
+			return opts, err
+		}
+		opts.Upper = c.Rootfs
+		opts.Layer.Rootfs = true
+	}
+	if c.Deletions && c.Rootfs == "" {
+		return opts, inputerr.New("--deletions: only with --rootfs (an overlay upper records its deletions as whiteouts)")
+	}
+	opts.Layer.Deletions = c.Deletions
+	if err := oci.ValidateExclude(c.Exclude); err != nil {
+		return opts, err
+	}
+	opts.Layer.Exclude = c.Exclude
 	if opts.Image, err = oci.ParseReference(c.Image); err != nil {
 		return opts, err
 	}
@@ -137,6 +163,19 @@ func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
 		}
 	}
 	return opts, ch.Validate()
+}
+
+func checkRootfsDir(dir string) error {
+	st, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return inputerr.New("--rootfs %s: does not exist", dir)
+	case err != nil:
+		return inputerr.Wrap(fmt.Errorf("--rootfs %s: %w", dir, err))
+	case !st.IsDir():
+		return inputerr.New("--rootfs %s: not a directory", dir)
+	}
+	return nil
 }
 
 // execForm maps a single empty word to "clear" (an empty, non-nil list).

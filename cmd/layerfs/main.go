@@ -14,11 +14,14 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/internal/sandbox"
 )
 
 // cli is the command tree; one file per verb.
 type cli struct {
-	Commit commitCmd `cmd:"" help:"Turn an overlay upper dir into one OCI layer on top of an image."`
+	Build  buildCmd  `cmd:"" help:"Build a multi-layer image from a spec, through the layer cache."`
+	Cache  cacheCmd  `cmd:"" help:"Inspect and tidy the layer cache."`
+	Commit commitCmd `cmd:"" help:"Turn an overlay upper dir, or a full rootfs (--rootfs), into one OCI layer on top of an image."`
 	Mount  mountCmd  `cmd:"" help:"Mount layer dirs as a union filesystem (FUSE) whose changes land in an upper dir."`
 	Umount umountCmd `cmd:"" help:"Unmount a layerfs mount, or clear dead ones (--stale)."`
 	Mounts mountsCmd `cmd:"" help:"List the layerfs mounts."`
@@ -40,6 +43,10 @@ const (
 )
 
 func main() {
+	// An install sandbox re-executes this binary to set up its namespaces.
+	if sandbox.Reexec() {
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

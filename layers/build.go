@@ -1,0 +1,494 @@
+package layers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/layerfs/layerfs/cache"
+	"github.com/layerfs/layerfs/fs"
+	"github.com/layerfs/layerfs/internal/sandbox"
+	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/overlay"
+)
+
+// Options describe one build.
+type Options struct {
+	Spec  *Spec
+	Cache *cache.Cache
+	// Log gets the lines the Yocto class prints (OCI Cache HIT/MISS, the
+	// summary); Output gets what install commands print. Either may be nil.
+	Log    io.Writer
+	Output io.Writer
+	Warn   func(string)
+	// SourceDateEpoch clamps mtimes and dates the image and its entries.
+	SourceDateEpoch *time.Time
+	// MaxLayerSize caps the uncompressed size of each base-image layer
+	// applied (a decompression bomb is rejected); 0 means no limit.
+	MaxLayerSize int64
+	Threads      int
+}
+
+// LayerReport says what happened to one layer.
+type LayerReport struct {
+	Name     string        `json:"name"`
+	Type     string        `json:"type"`
+	Key      string        `json:"key"`
+	Hit      bool          `json:"hit"`
+	Digest   digest.Digest `json:"digest"`
+	DiffID   digest.Digest `json:"diff_id"`
+	Size     int64         `json:"size"`
+	Install  Seconds       `json:"install_seconds"`
+	Commit   Seconds       `json:"commit_seconds"`
+	Packages []string      `json:"packages,omitempty"`
+}
+
+// Seconds is a duration that marshals as seconds.
+type Seconds time.Duration
+
+func (s Seconds) MarshalJSON() ([]byte, error) {
+	return []byte(strconv.FormatFloat(time.Duration(s).Seconds(), 'f', 3, 64)), nil
+}
+
+// Result describes a finished build.
+type Result struct {
+	Image    string        `json:"image"`
+	Manifest digest.Digest `json:"manifest"`
+	// Base lists the base image's layers (applied or found in the cache).
+	Base   []LayerReport `json:"base,omitempty"`
+	Layers []LayerReport `json:"layers"`
+	Hits   int           `json:"hits"`
+	Misses int           `json:"misses"`
+}
+
+type builder struct {
+	opts    Options
+	spec    *Spec
+	keys    *keyer
+	lowers  []string // layer dirs of the stack so far, base first
+	release []func()
+}
+
+// Build builds the spec's image: every layer is found in the cache or
+// built on a union mount of the layers below it, and the image is
+// written to the spec's output tag. The cache and the output are left
+// as they were by any failure.
+func Build(ctx context.Context, opts Options) (res *Result, err error) {
+	s := opts.Spec
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	if opts.Warn == nil {
+		opts.Warn = func(string) {}
+	}
+	keys, err := newKeyer(s, opts.SourceDateEpoch)
+	if err != nil {
+		return nil, err
+	}
+	b := &builder{opts: opts, spec: s, keys: keys}
+	defer func() {
+		for _, r := range b.release {
+			r()
+		}
+	}()
+	// Mounts of builds killed before they could unmount would otherwise
+	// keep their temp dirs from being swept.
+	if _, err := fs.ClearStale(); err != nil {
+		opts.Warn(fmt.Sprintf("clearing dead mounts: %v", err))
+	}
+	res = &Result{Image: s.Image}
+	out, err := oci.ParseReference(s.Image)
+	if err != nil {
+		return nil, err
+	}
+
+	parent := ""
+	var base *oci.Image
+	var baseRef *oci.Reference
+	if s.Base != "" {
+		ref, err := oci.ParseReference(s.Base)
+		if err != nil {
+			return nil, err
+		}
+		baseRef = &ref
+		if base, err = oci.OpenImage(ref); err != nil {
+			return nil, err
+		}
+		defer base.Close()
+		for i := range base.Manifest.Layers {
+			e, rep, err := b.baseLayer(ctx, base, i)
+			if err != nil {
+				return nil, err
+			}
+			res.Base = append(res.Base, rep)
+			b.push(e)
+		}
+		parent = base.ManifestDesc.Digest.String()
+	}
+
+	var entries []*cache.Entry
+	var reps []LayerReport
+	if s.mode() == ModeSingle {
+		e, rep, err := b.single(ctx, parent)
+		if err != nil {
+			return nil, err
+		}
+		entries, reps = append(entries, e), append(reps, rep)
+	} else {
+		for _, l := range s.Layers {
+			in, err := b.keys.layer(ctx, parent, l)
+			if err != nil {
+				return nil, err
+			}
+			e, rep, err := b.layer(ctx, in, []Layer{l})
+			if err != nil {
+				return nil, err
+			}
+			entries, reps = append(entries, e), append(reps, rep)
+			b.push(e)
+			parent = e.Info.Key
+		}
+	}
+	for _, r := range reps {
+		if r.Hit {
+			res.Hits++
+		} else {
+			res.Misses++
+		}
+	}
+	res.Layers = reps
+	fmt.Fprintf(opts.Log, "OCI: Pre-installed packages for %d layers (cache: %d hits, %d misses)\n", len(reps), res.Hits, res.Misses)
+
+	wo := oci.WriteImageOptions{Image: out, Base: base, BaseRef: baseRef, Config: s.Config.changes(s)}
+	for i, e := range entries {
+		wo.Layers = append(wo.Layers, oci.ImageLayer{
+			Descriptor: v1.Descriptor{MediaType: e.Info.MediaType, Digest: e.Info.Digest, Size: e.Info.Size},
+			DiffID:     e.Info.DiffID, Blob: e.Blob(), Created: e.Info.Created,
+			CreatedBy: createdBy(reps[i], s),
+			Comment:   "layerfs cache key " + e.Info.Key[:16],
+		})
+		// The image is as old as its newest layer, so that a rebuild from
+		// the cache writes the same config, and so the same manifest.
+		if e.Info.Created.After(wo.Created) {
+			wo.Created = e.Info.Created
+		}
+	}
+	if opts.SourceDateEpoch != nil {
+		wo.Created = *opts.SourceDateEpoch
+	}
+	mdesc, err := oci.WriteImage(ctx, wo)
+	if err != nil {
+		return nil, fmt.Errorf("write %s: %w", s.Image, err)
+	}
+	res.Manifest = mdesc.Digest
+	return res, nil
+}
+
+// createdBy names the layer and its content in the image's history.
+func createdBy(r LayerReport, s *Spec) string {
+	var what string
+	switch r.Type {
+	case TypePackages:
+		what = "packages " + strings.Join(r.Packages, " ")
+	case ModeSingle:
+		var names []string
+		for _, l := range s.Layers {
+			names = append(names, l.Name)
+		}
+		what = "layers " + strings.Join(names, " ")
+	default:
+		for _, l := range s.Layers {
+			if l.Name == r.Name {
+				what = r.Type + " " + strings.Join(l.Paths, " ")
+				if r.Type == TypeHost {
+					what = r.Type + " " + strings.Join(l.Copy, " ")
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("layerfs build: layer '%s' (%s)", r.Name, what)
+}
+
+// push makes an entry's layer dir the top of the stack.
+func (b *builder) push(e *cache.Entry) {
+	b.lowers = append(b.lowers, e.Rootfs())
+}
+
+// lookupOrMake returns the entry of key, making it with make on a miss,
+// held in use (see cache.Entry.Use) until the build ends so that a prune
+// leaves it alone while this build mounts it and links its blob. The
+// key's lock makes concurrent builds of one key wait for the first to
+// finish and then find its entry, so that the work runs once; it is held
+// until the entry is in use, which closes the gap a prune could use.
+func (b *builder) lookupOrMake(ctx context.Context, key, name string, make func(t *cache.Temp) (cache.Info, error)) (*cache.Entry, bool, error) {
+	c := b.opts.Cache
+	unlock, err := c.Lock(ctx, key)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unlock()
+	e, err := c.Lookup(key, name)
+	if err != nil {
+		return nil, false, err
+	}
+	hit := e != nil
+	if !hit {
+		t, err := c.NewTemp(name)
+		if err != nil {
+			return nil, false, err
+		}
+		info, err := make(t)
+		if err != nil {
+			t.Abort()
+			return nil, false, err
+		}
+		if e, err = c.Insert(ctx, t, info); err != nil {
+			t.Abort()
+			return nil, false, err
+		}
+	}
+	release, err := e.Use()
+	if err != nil {
+		return nil, false, fmt.Errorf("cache entry %s: %w", e.Dir, err)
+	}
+	b.release = append(b.release, release)
+	return e, hit, nil
+}
+
+// baseLayer finds layer i of the base image in the cache, keyed by its
+// diff_id, or applies it there: once, treating the tar as hostile.
+func (b *builder) baseLayer(ctx context.Context, img *oci.Image, i int) (*cache.Entry, LayerReport, error) {
+	desc := img.Manifest.Layers[i]
+	diffID := img.Config.RootFS.DiffIDs[i]
+	key := diffID.Encoded()
+	rep := LayerReport{Name: "base", Type: "base", Key: key, DiffID: diffID, Digest: desc.Digest, Size: desc.Size}
+	e, hit, err := b.lookupOrMake(ctx, key, "base", func(t *cache.Temp) (cache.Info, error) {
+		info := cache.Info{Key: key, Name: "base", Type: "base", DiffID: diffID, Digest: desc.Digest,
+			MediaType: desc.MediaType, Size: desc.Size, Created: b.now(), Machine: b.spec.Machine,
+			Inputs: map[string]string{"image": img.Ref.String(), "layer": strconv.Itoa(i)}}
+		if _, err := oci.ApplyImageLayer(ctx, img, i, t.Rootfs(), oci.ApplyOptions{MaxSize: b.opts.MaxLayerSize, Warn: b.opts.Warn}); err != nil {
+			return info, fmt.Errorf("base %s layer %d (%s): %w", img.Ref, i+1, desc.Digest, err)
+		}
+		if err := linkOrCopyBlob(img, desc.Digest, t.BlobPath()); err != nil {
+			return info, fmt.Errorf("base %s layer %d: %w", img.Ref, i+1, err)
+		}
+		return info, nil
+	})
+	rep.Hit = hit
+	return e, rep, err
+}
+
+func linkOrCopyBlob(img *oci.Image, d digest.Digest, dst string) error {
+	if src := img.BlobFile(d); src != "" && os.Link(src, dst) == nil {
+		return nil
+	}
+	r, err := img.OpenBlob(d)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	v := d.Verifier()
+	if _, err := io.Copy(io.MultiWriter(f, v), r); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if !v.Verified() {
+		return fmt.Errorf("blob %s: content does not match its digest", d)
+	}
+	return nil
+}
+
+func (b *builder) now() time.Time {
+	if b.opts.SourceDateEpoch != nil {
+		return b.opts.SourceDateEpoch.UTC()
+	}
+	return time.Now().UTC().Truncate(time.Second)
+}
+
+// single folds every layer of the spec into one, as OCI_LAYER_MODE=single.
+func (b *builder) single(ctx context.Context, parent string) (*cache.Entry, LayerReport, error) {
+	in := b.keys.common(parent, Layer{Name: ModeSingle, Type: ModeSingle})
+	for _, l := range b.spec.Layers {
+		p, err := b.keys.layer(ctx, "", l)
+		if err != nil {
+			return nil, LayerReport{}, err
+		}
+		in.Parts = append(in.Parts, p)
+	}
+	return b.layer(ctx, in, b.spec.Layers)
+}
+
+// layer finds or builds one layer made of the steps of ls.
+func (b *builder) layer(ctx context.Context, in inputs, ls []Layer) (*cache.Entry, LayerReport, error) {
+	key := in.key()
+	rep := LayerReport{Name: in.Name, Type: in.Type, Key: key, Packages: in.Packages}
+	var install, commit time.Duration
+	e, hit, err := b.lookupOrMake(ctx, key, in.Name, func(t *cache.Temp) (cache.Info, error) {
+		fmt.Fprintf(b.opts.Log, "OCI Cache MISS: Layer '%s' (%s)\n", in.Name, in.summary())
+		info := cache.Info{Key: key, Parent: in.Parent, Name: in.Name, Type: in.Type,
+			Packages: in.Packages, Versions: in.Versions, Inputs: in.fields(), Machine: in.Machine, Created: b.now()}
+		start := time.Now()
+		if err := b.run(ctx, t, ls); err != nil {
+			return info, err
+		}
+		install = time.Since(start)
+		start = time.Now()
+		layer, err := b.commit(ctx, t)
+		if err != nil {
+			return info, fmt.Errorf("layer '%s': commit: %w", in.Name, err)
+		}
+		commit = time.Since(start)
+		info.DiffID, info.Digest = layer.DiffID, layer.Descriptor.Digest
+		info.MediaType, info.Size = layer.Descriptor.MediaType, layer.Descriptor.Size
+		fmt.Fprintf(b.opts.Log, "OCI Cache: Saving layer '%s' to cache (%s)\n", in.Name, key[:16])
+		return info, nil
+	})
+	if err != nil {
+		return nil, rep, err
+	}
+	if hit {
+		fmt.Fprintf(b.opts.Log, "OCI Cache HIT: Layer '%s' (%s)\n", in.Name, key[:16])
+	}
+	rep.Hit, rep.Install, rep.Commit = hit, Seconds(install), Seconds(commit)
+	rep.Digest, rep.DiffID, rep.Size = e.Info.Digest, e.Info.DiffID, e.Info.Size
+	return e, rep, nil
+}
+
+// run mounts the stack with the temp entry's empty rootfs as the upper
+// and runs each layer's step against the mount.
+func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error) {
+	mnt := filepath.Join(t.Dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return err
+	}
+	srv, err := fs.Mount(mnt, fs.Options{Lowers: b.lowers, Upper: t.Rootfs(), Work: t.Work()})
+	if err != nil {
+		return fmt.Errorf("layer '%s': mount: %w", ls[0].Name, err)
+	}
+	// Recorded so that a killed build's dead mount is cleared by the next.
+	forget, rerr := fs.Register(fs.MountInfo{Mountpoint: mnt, Lowers: b.lowers, Upper: t.Rootfs(), Workdir: t.Work(),
+		PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second)})
+	if rerr != nil {
+		forget = func() {}
+	}
+	defer func() {
+		uerr := srv.Unmount()
+		if uerr != nil {
+			uerr = fs.Unmount(mnt, true)
+		}
+		srv.Wait()
+		forget()
+		if err == nil && uerr != nil {
+			err = fmt.Errorf("unmount %s: %w", mnt, uerr)
+		}
+	}()
+	for _, l := range ls {
+		switch l.Type {
+		case TypePackages:
+			if err := b.install(ctx, t, mnt, l); err != nil {
+				return err
+			}
+		default:
+			if err := copyInto(ctx, mnt, b.spec.copies(l)); err != nil {
+				return fmt.Errorf("layer '%s': %w", l.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// install runs a packages layer's command in the sandbox.
+func (b *builder) install(ctx context.Context, t *cache.Temp, mnt string, l Layer) error {
+	isolate := os.Geteuid() == 0
+	home := "/tmp" // the sandbox's own tmpfs
+	if !isolate {
+		home = filepath.Join(t.Dir, "home")
+		if err := os.Mkdir(home, 0o700); err != nil {
+			return err
+		}
+	}
+	env := []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"LANG=C",
+		"HOME=" + home,
+		"LAYERFS_ROOT=" + mnt,
+		"LAYERFS_PACKAGES=" + strings.Join(l.Packages, " "),
+		"LAYERFS_LAYER=" + l.Name,
+		"LAYERFS_ARCH=" + b.spec.arch(),
+		"LAYERFS_MACHINE=" + b.spec.Machine,
+	}
+	if e := b.opts.SourceDateEpoch; e != nil {
+		env = append(env, "SOURCE_DATE_EPOCH="+strconv.FormatInt(e.Unix(), 10))
+	}
+	// The mount's daemon runs with umask 0 (the kernel applies the
+	// caller's); the command gets the usual one.
+	_, err := sandbox.Run(ctx, sandbox.Command{
+		Script:   "umask 022\n" + b.spec.install(l),
+		Dir:      b.spec.Dir,
+		Env:      env,
+		Timeout:  time.Duration(b.spec.InstallTimeout),
+		Isolate:  isolate,
+		Writable: []string{mnt},
+		Output:   b.opts.Output,
+	})
+	if err != nil {
+		var xe *sandbox.ExitError
+		if errors.As(err, &xe) {
+			return fmt.Errorf("layer '%s': install command failed: %v%s", l.Name, err, tailSuffix(xe.Tail))
+		}
+		return fmt.Errorf("layer '%s': install command: %w", l.Name, err)
+	}
+	return nil
+}
+
+// tailSuffix puts the last lines of a failed command's output on the
+// error's one line.
+func tailSuffix(tail []string) string {
+	if len(tail) > 5 {
+		tail = tail[len(tail)-5:]
+	}
+	if len(tail) == 0 {
+		return ""
+	}
+	return "; last output: " + strings.Join(tail, " | ")
+}
+
+// commit writes the temp entry's upper as the layer blob.
+func (b *builder) commit(ctx context.Context, t *cache.Temp) (oci.Layer, error) {
+	f, err := os.OpenFile(t.BlobPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return oci.Layer{}, err
+	}
+	comp, _ := oci.ParseCompression(b.spec.compression())
+	var lower overlay.Lower = overlay.Empty{}
+	if len(b.lowers) > 0 {
+		lower = overlay.NewStack(b.lowers...)
+	}
+	layer, err := oci.WriteLayer(ctx, f, t.Rootfs(), lower, oci.LayerOptions{
+		Compression: comp, Threads: b.opts.Threads, SourceDateEpoch: b.opts.SourceDateEpoch,
+		Exclude: b.spec.Exclude, Warn: b.opts.Warn,
+	})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return layer, err
+}

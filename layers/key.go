@@ -1,0 +1,267 @@
+package layers
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/layerfs/layerfs/overlay"
+)
+
+// TarRules versions the layer tar rules (DESIGN.md): a change to what
+// `commit` emits for the same upper changes it, and so every key.
+const TarRules = "1"
+
+func defaultArch() string { return runtime.GOARCH }
+
+// inputs is everything a layer's content depends on. Its canonical JSON,
+// hashed, is the layer's key. No absolute host path enters it, so that
+// every host computes the same key for the same inputs.
+type inputs struct {
+	Parent      string            `json:"parent"`
+	Name        string            `json:"name"`
+	Type        string            `json:"type"`
+	Packages    []string          `json:"packages,omitempty"`
+	Versions    map[string]string `json:"versions,omitempty"`
+	Install     string            `json:"install,omitempty"`
+	Paths       []string          `json:"paths,omitempty"`
+	Content     string            `json:"content,omitempty"`
+	Machine     string            `json:"machine"`
+	Arch        string            `json:"arch"`
+	Variant     string            `json:"variant,omitempty"`
+	Compression string            `json:"compression"`
+	Mode        string            `json:"mode"`
+	Exclude     []string          `json:"exclude,omitempty"`
+	Epoch       string            `json:"source_date_epoch,omitempty"`
+	TarRules    string            `json:"tar_rules"`
+	// Parts are the layers folded into one by single mode.
+	Parts []inputs `json:"parts,omitempty"`
+}
+
+func (in *inputs) key() string {
+	data, err := json.Marshal(in)
+	if err != nil {
+		panic(err) // plain strings and maps always marshal
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// fields lists the inputs by name, as cache entries record them and
+// `cache explain` compares them.
+func (in *inputs) fields() map[string]string {
+	f := map[string]string{
+		"parent": in.Parent, "name": in.Name, "type": in.Type,
+		"install": in.Install, "paths": strings.Join(in.Paths, " "), "content": in.Content,
+		"machine": in.Machine, "arch": in.Arch, "variant": in.Variant,
+		"compression": in.Compression, "mode": in.Mode, "exclude": strings.Join(in.Exclude, " "),
+		"source_date_epoch": in.Epoch, "tar_rules": in.TarRules,
+	}
+	var pkgs []string
+	for _, p := range in.Packages {
+		pkgs = append(pkgs, p+"="+in.Versions[p])
+	}
+	f["packages"] = strings.Join(pkgs, " ")
+	for _, p := range in.Parts {
+		pf := p.fields()
+		for k, v := range pf {
+			if k != "parent" && k != "machine" && k != "arch" && k != "variant" && k != "compression" && k != "mode" && k != "exclude" && k != "source_date_epoch" && k != "tar_rules" {
+				f[p.Name+"."+k] = v
+			}
+		}
+	}
+	return f
+}
+
+// summary is what the Yocto class prints for a miss:
+// "base:busybox=1.36.1 base-files=3.0".
+func (in *inputs) summary() string {
+	if len(in.Parts) > 0 {
+		var parts []string
+		for _, p := range in.Parts {
+			parts = append(parts, p.summary())
+		}
+		return strings.Join(parts, "; ")
+	}
+	if in.Type == TypePackages {
+		var pkgs []string
+		for _, p := range in.Packages {
+			v := in.Versions[p]
+			if v == "" {
+				v = "?"
+			}
+			pkgs = append(pkgs, p+"="+v)
+		}
+		return in.Name + ":" + strings.Join(pkgs, " ")
+	}
+	return in.Name + ":" + in.Type + "=" + strings.Join(in.Paths, " ")
+}
+
+// keyer computes the inputs of a spec's layers.
+type keyer struct {
+	spec     *Spec
+	epoch    *time.Time
+	versions map[string]string // pkgdata, then the spec's versions:
+}
+
+func newKeyer(s *Spec, epoch *time.Time) (*keyer, error) {
+	k := &keyer{spec: s, epoch: epoch, versions: map[string]string{}}
+	if s.Pkgdata != "" {
+		if err := k.readPkgdata(s.path(s.Pkgdata)); err != nil {
+			return nil, err
+		}
+	}
+	for p, v := range s.Versions {
+		k.versions[p] = v
+	}
+	return k, nil
+}
+
+// readPkgdata reads the PKGV of every package in pkgdata/runtime/<pkg>,
+// in any of the spellings bitbake has written ("PKGV: 1.0",
+// "PKGV_pkg: 1.0", "PKGV:pkg: 1.0").
+func (k *keyer) readPkgdata(dir string) error {
+	for _, l := range k.spec.Layers {
+		for _, p := range l.Packages {
+			f, err := os.Open(filepath.Join(dir, "runtime", p))
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("pkgdata: %w", err)
+			}
+			sc := bufio.NewScanner(f)
+			for sc.Scan() {
+				key, val, ok := strings.Cut(sc.Text(), ": ")
+				if ok && (key == "PKGV" || key == "PKGV_"+p || key == "PKGV:"+p) {
+					k.versions[p] = strings.TrimSpace(val)
+				}
+			}
+			f.Close()
+		}
+	}
+	return nil
+}
+
+func (k *keyer) common(parent string, l Layer) inputs {
+	s := k.spec
+	in := inputs{
+		Parent: parent, Name: l.Name, Type: l.Type,
+		Machine: s.Machine, Arch: s.arch(), Variant: s.Variant,
+		Compression: s.compression(), Mode: s.mode(), Exclude: slices.Sorted(slices.Values(s.Exclude)),
+		TarRules: TarRules,
+	}
+	if k.epoch != nil {
+		in.Epoch = strconv.FormatInt(k.epoch.Unix(), 10)
+	}
+	return in
+}
+
+// layer computes one layer's inputs; copying layers hash what they copy.
+func (k *keyer) layer(ctx context.Context, parent string, l Layer) (inputs, error) {
+	in := k.common(parent, l)
+	switch l.Type {
+	case TypePackages:
+		in.Packages = slices.Sorted(slices.Values(l.Packages))
+		in.Versions = map[string]string{}
+		for _, p := range in.Packages {
+			in.Versions[p] = k.versions[p]
+		}
+		in.Install = k.spec.install(l)
+	default:
+		items := k.spec.copies(l)
+		h := sha256.New()
+		for _, it := range items {
+			in.Paths = append(in.Paths, it.dst)
+			if err := k.hashTree(ctx, h, it.src, it.dst); err != nil {
+				return in, fmt.Errorf("layer '%s': %w", l.Name, err)
+			}
+		}
+		in.Content = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	}
+	return in, nil
+}
+
+// copyItem is one thing a copying layer puts into the image.
+type copyItem struct {
+	src string // on the build host
+	dst string // in the image, absolute
+	// fromRootfs: the parents of dst are the source rootfs's own, and
+	// are copied with their metadata when the lowers lack them.
+	fromRootfs string
+}
+
+func (s *Spec) copies(l Layer) []copyItem {
+	var items []copyItem
+	switch l.Type {
+	case TypeDirectories, TypeFiles:
+		src := s.path(l.Source)
+		for _, p := range l.Paths {
+			items = append(items, copyItem{src: filepath.Join(src, p), dst: p, fromRootfs: src})
+		}
+	case TypeHost:
+		for _, c := range l.Copy {
+			src, dst, _ := strings.Cut(c, ":")
+			items = append(items, copyItem{src: s.path(src), dst: dst})
+		}
+	}
+	return items
+}
+
+// hashTree hashes the tree at src as it will appear at dst: every object's
+// path, type, permissions, owner, the mtime the layer will carry, link
+// target, device numbers, xattrs and content.
+func (k *keyer) hashTree(ctx context.Context, h io.Writer, src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		e, err := overlay.Stat(p)
+		if err != nil {
+			return err
+		}
+		meta := e.Meta
+		mtime := meta.Mtime
+		if k.epoch != nil && mtime.After(*k.epoch) {
+			mtime = *k.epoch
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00%o\x00%d:%d\x00%d\x00%s\x00%d:%d\x00",
+			filepath.Join(dst, rel), meta.Type, meta.Mode, meta.UID, meta.GID, mtime.Unix(), meta.Link, meta.Major, meta.Minor)
+		for _, x := range slices.Sorted(maps.Keys(meta.Xattrs)) {
+			fmt.Fprintf(h, "x:%s=%q\x00", x, meta.Xattrs[x])
+		}
+		if meta.Type == overlay.TypeReg {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			c := sha256.New()
+			_, err = io.Copy(c, f)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "%x", c.Sum(nil))
+		}
+		_, err = io.WriteString(h, "\n")
+		return err
+	})
+}
