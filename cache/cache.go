@@ -77,7 +77,16 @@ func Open(dir string) (*Cache, error) {
 		return nil, fmt.Errorf("cache %s: %w", dir, err)
 	}
 	for _, d := range []string{abs, filepath.Join(abs, tmpDir), filepath.Join(abs, locksDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("cache %s: %w", abs, err)
+		}
+	}
+	// Entries hold what base images and installs put there, setuid-root
+	// files and device nodes included, and builds serve their mounts from
+	// inside: nobody else may reach into the cache (as containers/storage
+	// and docker keep their roots).
+	if st, err := os.Stat(abs); err == nil && st.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(abs, st.Mode().Perm()&0o700); err != nil {
 			return nil, fmt.Errorf("cache %s: %w", abs, err)
 		}
 	}

@@ -653,3 +653,21 @@ func TestRemovalStopsAtMounts(t *testing.T) {
 	openCache(t, dir)
 	requireClean(t, c)
 }
+
+// Open keeps the cache private: entries hold setuid files and devices.
+func TestOpenMakesCachePrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "shared")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o700 {
+		t.Errorf("cache dir mode %o, want 0700", st.Mode().Perm())
+	}
+}

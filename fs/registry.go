@@ -146,10 +146,8 @@ func List() ([]MountInfo, error) {
 // mount alive takes a statfs of it, which makes a concurrent umount of
 // that mount fail with EBUSY, so others are left alone.
 func list(only string) ([]MountInfo, error) {
-	mounted, err := kernelMounts()
-	if err != nil {
-		return nil, err
-	}
+	// Records first, then the kernel's list: a daemon mounts, then
+	// records, so a record read here has its mount in the list read after.
 	byPoint := map[string]MountInfo{}
 	ents, err := os.ReadDir(StateDir())
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -164,6 +162,10 @@ func list(only string) ([]MountInfo, error) {
 			byPoint[m.Mountpoint] = m
 		}
 	}
+	mounted, err := kernelMounts()
+	if err != nil {
+		return nil, err
+	}
 	for mp := range mounted {
 		if _, ok := byPoint[mp]; !ok {
 			byPoint[mp] = MountInfo{Mountpoint: mp}
@@ -175,10 +177,11 @@ func list(only string) ([]MountInfo, error) {
 			continue
 		}
 		m.Mounted = mounted[mp]
-		// A mount without a record may be one whose daemon has not
-		// registered it yet (it mounts first): only its own answer can
-		// tell it dead.
-		m.Alive = m.Mounted && (m.PID == 0 || pidAlive(m.PID)) && answers(mp)
+		// Only the mount's own answer tells it dead (ENOTCONN once its
+		// daemon is gone): a recorded pid may be one of another pid
+		// namespace, and a mount may not be recorded yet (its daemon
+		// mounts first).
+		m.Alive = m.Mounted && answers(mp)
 		out = append(out, m)
 	}
 	slices.SortFunc(out, func(a, b MountInfo) int { return strings.Compare(a.Mountpoint, b.Mountpoint) })

@@ -83,7 +83,8 @@ type builder struct {
 // written to the spec's output tag. The cache and the output are left
 // as they were by any failure.
 func Build(ctx context.Context, opts Options) (res *Result, err error) {
-	s := opts.Spec
+	spec := *opts.Spec // adopting the base's platform must not change the caller's
+	s := &spec
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -93,11 +94,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	if opts.Warn == nil {
 		opts.Warn = func(string) {}
 	}
-	keys, err := newKeyer(s, opts.SourceDateEpoch)
-	if err != nil {
-		return nil, err
-	}
-	b := &builder{opts: opts, spec: s, keys: keys}
+	b := &builder{opts: opts, spec: s}
 	defer func() {
 		for _, r := range b.release {
 			r()
@@ -127,6 +124,9 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 			return nil, err
 		}
 		defer base.Close()
+		if err := s.adoptPlatform(base); err != nil {
+			return nil, err
+		}
 		for i := range base.Manifest.Layers {
 			e, rep, err := b.baseLayer(ctx, base, i)
 			if err != nil {
@@ -136,6 +136,9 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 			b.push(e)
 		}
 		parent = base.ManifestDesc.Digest.String()
+	}
+	if b.keys, err = newKeyer(s, opts.SourceDateEpoch); err != nil {
+		return nil, err
 	}
 
 	var entries []*cache.Entry
@@ -244,7 +247,13 @@ func (b *builder) lookupOrMake(ctx context.Context, key, name string, make func(
 		return nil, false, err
 	}
 	hit := e != nil
-	if !hit {
+	if hit {
+		// A blob that lost bytes would be linked into the image under its
+		// digest's name, where later writes take it as present.
+		if st, err := os.Stat(e.Blob()); err != nil || st.Size() != e.Info.Size {
+			return nil, false, fmt.Errorf("cache entry %s: blob is damaged (run layerfs cache verify)", e.Dir)
+		}
+	} else {
 		t, err := c.NewTemp(name)
 		if err != nil {
 			return nil, false, err
@@ -272,14 +281,14 @@ func (b *builder) lookupOrMake(ctx context.Context, key, name string, make func(
 func (b *builder) baseLayer(ctx context.Context, img *oci.Image, i int) (*cache.Entry, LayerReport, error) {
 	desc := img.Manifest.Layers[i]
 	diffID := img.Config.RootFS.DiffIDs[i]
-	key := diffID.Encoded()
+	key := baseKey(diffID)
 	rep := LayerReport{Name: "base", Type: "base", Key: key, DiffID: diffID, Digest: desc.Digest, Size: desc.Size}
 	e, hit, err := b.lookupOrMake(ctx, key, "base", func(t *cache.Temp) (cache.Info, error) {
 		info := cache.Info{Key: key, Name: "base", Type: "base", DiffID: diffID, Digest: desc.Digest,
 			MediaType: desc.MediaType, Size: desc.Size, Created: b.now(), Machine: b.spec.Machine,
 			Inputs: map[string]string{"image": img.Ref.String(), "layer": strconv.Itoa(i)}}
 		if _, err := oci.ApplyImageLayer(ctx, img, i, t.Rootfs(), oci.ApplyOptions{MaxSize: b.opts.MaxLayerSize, Warn: b.opts.Warn}); err != nil {
-			return info, fmt.Errorf("base %s layer %d (%s): %w", img.Ref, i+1, desc.Digest, err)
+			return info, err // it names the image and the layer
 		}
 		if err := linkOrCopyBlob(img, desc.Digest, t.BlobPath()); err != nil {
 			return info, fmt.Errorf("base %s layer %d: %w", img.Ref, i+1, err)
@@ -350,6 +359,11 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer) (*cache.Entr
 		if err := b.run(ctx, t, ls); err != nil {
 			return info, err
 		}
+		// What the build needed beside the upper is not part of the entry.
+		os.Remove(filepath.Join(t.Dir, "mnt"))
+		if err := os.RemoveAll(filepath.Join(t.Dir, "home")); err != nil {
+			return info, err
+		}
 		install = time.Since(start)
 		start = time.Now()
 		layer, err := b.commit(ctx, t)
@@ -378,11 +392,12 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer) (*cache.Entr
 func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error) {
 	mnt := filepath.Join(t.Dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
-		return err
+		return fmt.Errorf("layer '%s': %w", ls[0].Name, err)
 	}
 	srv, err := fs.Mount(mnt, fs.Options{Lowers: b.lowers, Upper: t.Rootfs(), Work: t.Work()})
 	if err != nil {
-		return fmt.Errorf("layer '%s': mount: %w", ls[0].Name, err)
+		// %v: the layer dirs are the cache's, not the user's input.
+		return fmt.Errorf("layer '%s': mount: %v", ls[0].Name, err)
 	}
 	// Recorded so that a killed build's dead mount is cleared by the next.
 	forget, rerr := fs.Register(fs.MountInfo{Mountpoint: mnt, Lowers: b.lowers, Upper: t.Rootfs(), Workdir: t.Work(),
@@ -395,10 +410,20 @@ func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error
 		if uerr != nil {
 			uerr = fs.Unmount(mnt, true)
 		}
-		srv.Wait()
+		// After a lazy unmount the daemon serves until the last user of
+		// the mount lets go: a process the install left behind (outside a
+		// pid namespace, only a rootless build has such) could hold it,
+		// and write into the upper while it is committed.
+		served := make(chan struct{})
+		go func() { srv.Wait(); close(served) }()
+		select {
+		case <-served:
+		case <-time.After(time.Minute):
+			uerr = fmt.Errorf("still in use a minute after the install ended")
+		}
 		forget()
 		if err == nil && uerr != nil {
-			err = fmt.Errorf("unmount %s: %w", mnt, uerr)
+			err = fmt.Errorf("layer '%s': unmount %s: %w", ls[0].Name, mnt, uerr)
 		}
 	}()
 	for _, l := range ls {
@@ -422,8 +447,8 @@ func (b *builder) install(ctx context.Context, t *cache.Temp, mnt string, l Laye
 	home := "/tmp" // the sandbox's own tmpfs
 	if !isolate {
 		home = filepath.Join(t.Dir, "home")
-		if err := os.Mkdir(home, 0o700); err != nil {
-			return err
+		if err := os.MkdirAll(home, 0o700); err != nil {
+			return fmt.Errorf("layer '%s': %w", l.Name, err)
 		}
 	}
 	env := []string{

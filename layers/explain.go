@@ -44,10 +44,6 @@ func Explain(ctx context.Context, s *Spec, c *cache.Cache, epoch *time.Time) ([]
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	keys, err := newKeyer(s, epoch)
-	if err != nil {
-		return nil, err
-	}
 	entries, err := c.Entries()
 	if err != nil {
 		return nil, err
@@ -63,7 +59,17 @@ func Explain(ctx context.Context, s *Spec, c *cache.Cache, epoch *time.Time) ([]
 			return nil, err
 		}
 		parent = img.ManifestDesc.Digest.String()
+		spec := *s
+		s = &spec
+		err = s.adoptPlatform(img)
 		img.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	keys, err := newKeyer(s, epoch)
+	if err != nil {
+		return nil, err
 	}
 	var all []inputs
 	if s.mode() == ModeSingle {
@@ -93,7 +99,7 @@ func Explain(ctx context.Context, s *Spec, c *cache.Cache, epoch *time.Time) ([]
 		now := in.fields()
 		best := -1
 		for _, e := range entries {
-			if e.Info.Name != in.Name {
+			if e.Info.Name != in.Name || e.Info.Type == "base" {
 				continue
 			}
 			if e.Info.Key == key {

@@ -19,12 +19,27 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/oci"
 	"github.com/layerfs/layerfs/overlay"
 )
 
 // TarRules versions the layer tar rules (DESIGN.md): a change to what
 // `commit` emits for the same upper changes it, and so every key.
 const TarRules = "1"
+
+// ApplyRules versions what oci.Apply makes of a base-image layer; with
+// whether it ran unprivileged (which records owners and devices in
+// xattrs instead), it is part of a base layer's key.
+const ApplyRules = "1"
+
+// baseKey is the key of a base-image layer's entry.
+func baseKey(diffID digest.Digest) string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "layerfs base layer\x00%s\x00apply=%s\x00rootless=%t", diffID, ApplyRules, os.Geteuid() != 0))
+	return hex.EncodeToString(sum[:])
+}
 
 func defaultArch() string { return runtime.GOARCH }
 
@@ -48,6 +63,9 @@ type inputs struct {
 	Exclude     []string          `json:"exclude,omitempty"`
 	Epoch       string            `json:"source_date_epoch,omitempty"`
 	TarRules    string            `json:"tar_rules"`
+	// Rootless: the layers below were made without privileges (owners
+	// recorded in xattrs), and so is this one.
+	Rootless bool `json:"rootless,omitempty"`
 	// Parts are the layers folded into one by single mode.
 	Parts []inputs `json:"parts,omitempty"`
 }
@@ -69,7 +87,7 @@ func (in *inputs) fields() map[string]string {
 		"install": in.Install, "paths": strings.Join(in.Paths, " "), "content": in.Content,
 		"machine": in.Machine, "arch": in.Arch, "variant": in.Variant,
 		"compression": in.Compression, "mode": in.Mode, "exclude": strings.Join(in.Exclude, " "),
-		"source_date_epoch": in.Epoch, "tar_rules": in.TarRules,
+		"source_date_epoch": in.Epoch, "tar_rules": in.TarRules, "rootless": strconv.FormatBool(in.Rootless),
 	}
 	var pkgs []string
 	for _, p := range in.Packages {
@@ -163,7 +181,7 @@ func (k *keyer) common(parent string, l Layer) inputs {
 		Parent: parent, Name: l.Name, Type: l.Type,
 		Machine: s.Machine, Arch: s.arch(), Variant: s.Variant,
 		Compression: s.compression(), Mode: s.mode(), Exclude: slices.Sorted(slices.Values(s.Exclude)),
-		TarRules: TarRules,
+		TarRules: TarRules, Rootless: os.Geteuid() != 0,
 	}
 	if k.epoch != nil {
 		in.Epoch = strconv.FormatInt(k.epoch.Unix(), 10)
@@ -185,9 +203,21 @@ func (k *keyer) layer(ctx context.Context, parent string, l Layer) (inputs, erro
 	default:
 		items := k.spec.copies(l)
 		h := sha256.New()
+		links := map[[2]uint64]string{}
 		for _, it := range items {
 			in.Paths = append(in.Paths, it.dst)
-			if err := k.hashTree(ctx, h, it.src, it.dst); err != nil {
+			// The parents a copy makes where the lowers lack them come
+			// from the source rootfs, with its metadata.
+			if it.fromRootfs != "" {
+				parts := strings.Split(strings.Trim(it.dst, "/"), "/")
+				for i := 1; i < len(parts); i++ {
+					p := strings.Join(parts[:i], "/")
+					if err := k.hashObject(h, filepath.Join(it.fromRootfs, p), "/"+p, links); err != nil {
+						return in, fmt.Errorf("layer '%s': %w", l.Name, err)
+					}
+				}
+			}
+			if err := k.hashTree(ctx, h, it.src, it.dst, links); err != nil {
 				return in, fmt.Errorf("layer '%s': %w", l.Name, err)
 			}
 		}
@@ -222,10 +252,8 @@ func (s *Spec) copies(l Layer) []copyItem {
 	return items
 }
 
-// hashTree hashes the tree at src as it will appear at dst: every object's
-// path, type, permissions, owner, the mtime the layer will carry, link
-// target, device numbers, xattrs and content.
-func (k *keyer) hashTree(ctx context.Context, h io.Writer, src, dst string) error {
+// hashTree hashes the tree at src as it will appear at dst.
+func (k *keyer) hashTree(ctx context.Context, h io.Writer, src, dst string, links map[[2]uint64]string) error {
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -234,34 +262,56 @@ func (k *keyer) hashTree(ctx context.Context, h io.Writer, src, dst string) erro
 			return err
 		}
 		rel, _ := filepath.Rel(src, p)
-		e, err := overlay.Stat(p)
+		return k.hashObject(h, p, filepath.Join(dst, rel), links)
+	})
+}
+
+// hashObject hashes one object as the layer will carry it: its path in
+// the image, type, permissions, owner, the mtime the layer will carry,
+// link target, device numbers, the xattrs a layer keeps, and its content,
+// or, for a further name of a hardlinked file, the first name.
+func (k *keyer) hashObject(h io.Writer, p, dst string, links map[[2]uint64]string) error {
+	e, err := overlay.Stat(p)
+	if err != nil {
+		return err
+	}
+	meta := e.Meta
+	mtime := meta.Mtime
+	if k.epoch != nil && mtime.After(*k.epoch) {
+		mtime = *k.epoch
+	}
+	fmt.Fprintf(h, "%s\x00%d\x00%o\x00%d:%d\x00%d\x00%s\x00%d:%d\x00",
+		dst, meta.Type, meta.Mode, meta.UID, meta.GID, mtime.Unix(), meta.Link, meta.Major, meta.Minor)
+	for _, x := range slices.Sorted(maps.Keys(meta.Xattrs)) {
+		if oci.LayerXattr(x) {
+			fmt.Fprintf(h, "x:%s=%q\x00", x, meta.Xattrs[x])
+		}
+	}
+	if meta.Type == overlay.TypeReg {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		if st.Nlink > 1 {
+			id := [2]uint64{st.Dev, st.Ino}
+			if first, ok := links[id]; ok {
+				_, err := fmt.Fprintf(h, "link:%s\n", first)
+				return err
+			}
+			links[id] = dst
+		}
+		f, err := os.Open(p)
 		if err != nil {
 			return err
 		}
-		meta := e.Meta
-		mtime := meta.Mtime
-		if k.epoch != nil && mtime.After(*k.epoch) {
-			mtime = *k.epoch
+		c := sha256.New()
+		_, err = io.Copy(c, f)
+		f.Close()
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(h, "%s\x00%d\x00%o\x00%d:%d\x00%d\x00%s\x00%d:%d\x00",
-			filepath.Join(dst, rel), meta.Type, meta.Mode, meta.UID, meta.GID, mtime.Unix(), meta.Link, meta.Major, meta.Minor)
-		for _, x := range slices.Sorted(maps.Keys(meta.Xattrs)) {
-			fmt.Fprintf(h, "x:%s=%q\x00", x, meta.Xattrs[x])
-		}
-		if meta.Type == overlay.TypeReg {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			c := sha256.New()
-			_, err = io.Copy(c, f)
-			f.Close()
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(h, "%x", c.Sum(nil))
-		}
-		_, err = io.WriteString(h, "\n")
-		return err
-	})
+		fmt.Fprintf(h, "%x", c.Sum(nil))
+	}
+	_, err = io.WriteString(h, "\n")
+	return err
 }

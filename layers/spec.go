@@ -352,6 +352,31 @@ func (s *Spec) arch() string {
 	return s.Arch
 }
 
+// adoptPlatform takes the base image's architecture and variant where
+// the spec names none, and refuses a spec that names another: layers
+// built for one architecture on a base of another make a broken image.
+func (s *Spec) adoptPlatform(base *oci.Image) error {
+	arch, variant := base.Config.Architecture, base.Config.Variant
+	if arch == "" {
+		return nil
+	}
+	if s.Arch == "" {
+		s.Arch, s.Variant = arch, variant
+		return nil
+	}
+	if s.Arch != arch || s.Variant != "" && variant != "" && s.Variant != variant {
+		return inputerr.New("spec %s: arch %s%s differs from the base image's %s%s", s.File, s.Arch, slashed(s.Variant), arch, slashed(variant))
+	}
+	return nil
+}
+
+func slashed(v string) string {
+	if v == "" {
+		return ""
+	}
+	return "/" + v
+}
+
 // install is the command a packages layer runs.
 func (s *Spec) install(l Layer) string {
 	switch {

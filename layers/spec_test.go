@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/layerfs/layerfs/cache"
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/oci"
 )
 
 func parse(t *testing.T, dir, yaml string) *Spec {
@@ -212,5 +214,41 @@ func TestPkgdataVersions(t *testing.T) {
 	}
 	if got := in.summary(); got != "a:bash=5.2.15 busybox=1.36.1 nover=? zlib=9.9" {
 		t.Errorf("summary %q", got)
+	}
+}
+
+// A build on a base image takes the base's architecture unless the spec
+// names one, and refuses a spec naming another.
+func TestBasePlatform(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "up/etc"), 0o755)
+	ref, err := oci.ParseReference("oci:" + filepath.Join(dir, "base") + ":arm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := oci.Commit(context.Background(), oci.CommitOptions{Upper: filepath.Join(dir, "up"), Image: ref,
+		Config: oci.ConfigChanges{Arch: "arm64", Variant: "v8"}}); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := cache.Open(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := "image: oci:out\nbase: oci:base:arm\nlayers: [{name: a, type: packages, packages: [p]}]\n"
+	s := parse(t, dir, spec)
+	if _, err := Explain(context.Background(), s, ca, nil); err != nil {
+		t.Fatalf("explain on an arm64 base: %v", err)
+	}
+	if s.Arch != "" {
+		t.Errorf("Explain changed the caller's spec: arch %q", s.Arch)
+	}
+	s = parse(t, dir, "arch: amd64\n"+spec)
+	_, err = Explain(context.Background(), s, ca, nil)
+	if err == nil || !strings.Contains(err.Error(), "arch amd64 differs from the base image's arm64/v8") || !inputerr.Is(err) {
+		t.Errorf("amd64 spec on an arm64 base: %v", err)
+	}
+	_, err = Build(context.Background(), Options{Spec: s, Cache: ca})
+	if err == nil || !strings.Contains(err.Error(), "differs from the base image's") {
+		t.Errorf("build of an amd64 spec on an arm64 base: %v", err)
 	}
 }

@@ -312,6 +312,10 @@ func sameLayerXattrs(a, b map[string]string) bool {
 // layerXattr is the allowlist of xattrs a layer carries (rule 8): file
 // capabilities, POSIX ACLs, and user.* and trusted.* names that are not
 // union bookkeeping. security.selinux and the like belong to the host.
+// LayerXattr reports whether layers carry the xattr name (tar rule 8):
+// what a copy into an image keeps, and what its cache key hashes.
+func LayerXattr(name string) bool { return layerXattr(name) }
+
 func layerXattr(name string) bool {
 	switch name {
 	case "security.capability", "system.posix_acl_access", "system.posix_acl_default":
