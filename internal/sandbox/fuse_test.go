@@ -10,6 +10,7 @@ import (
 
 	"github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // The way `layerfs build` uses the sandbox: the mount is served by this
@@ -49,6 +50,7 @@ cat etc/base.conf
 echo changed > etc/base.conf
 mkdir -p usr/bin && echo '#!/bin/sh' > usr/bin/tool && chmod 755 usr/bin/tool
 rm usr/share/gone
+mkdir dev && mknod dev/null c 1 3 && echo x > dev/null
 echo installed`
 	res := mustRun(t, Command{Script: script, Dir: mnt, Isolate: true, Writable: []string{mnt}})
 	if want := []string{"base", "installed"}; !slices.Equal(res.Tail, want) {
@@ -62,6 +64,11 @@ echo installed`
 	}
 	if fi, err := os.Stat(filepath.Join(upper, "usr/bin/tool")); err != nil || fi.Mode().Perm() != 0o755 {
 		t.Errorf("upper usr/bin/tool: %v %v", fi, err)
+	}
+	// As debootstrap makes the image's /dev, to use it in a chroot.
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(upper, "dev/null"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != unix.Mkdev(1, 3) {
+		t.Errorf("upper dev/null: mode %o rdev %x, %v", st.Mode, st.Rdev, err)
 	}
 	if _, err := os.Lstat(filepath.Join(mnt, "usr/share/gone")); !os.IsNotExist(err) {
 		t.Errorf("usr/share/gone still in the merged view: %v", err)

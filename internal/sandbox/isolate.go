@@ -46,6 +46,7 @@ type initConfig struct {
 	Env      []string `json:"env"`
 	Writable []string `json:"writable"`
 	Visible  []string `json:"visible"` // kept read-only where a tmpfs covers them
+	Sockets  []string `json:"sockets"` // the host's, to cover
 }
 
 // initReport is how the script ended, or why it never started.
@@ -65,10 +66,15 @@ func isInit() bool {
 func runIsolated(ctx context.Context, c Command, out *tail) (outcome, error) {
 	conf := initConfig{Script: c.Script, Dir: c.Dir, Env: c.Env, Writable: c.Writable}
 	// The working directory (a spec's, with the packages it names) stays
-	// visible even under /tmp.
+	// visible even under /tmp or /run.
 	if !slices.ContainsFunc(c.Writable, func(w string) bool { return within(c.Dir, w) }) {
 		conf.Visible = []string{c.Dir}
 	}
+	sockets, err := hostSockets()
+	if err != nil {
+		return outcome{}, err
+	}
+	conf.Sockets = sockets
 	cfg, err := configFile(conf)
 	if err != nil {
 		return outcome{}, err

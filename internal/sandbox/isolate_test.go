@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/layerfs/layerfs/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // hostDir is a scratch dir on the host outside /tmp, which an isolated run
@@ -86,7 +87,7 @@ func TestIsolatedHostIsReadOnly(t *testing.T) {
 		fmt.Fprintf(&script, "if (echo changed > %s); then echo WROTE %s; fi\n", quote(p), p)
 	}
 	fmt.Fprintf(&script, "rm -f %s || echo RM-FAILED\n", quote(keep))
-	// Devices stay writable on a read-only mount.
+	// The sandbox's /dev/null works on its read-only mount.
 	script.WriteString("echo x > /dev/null && echo DEVNULL-OK\n")
 	// The kernel's settings are not the script's to change.
 	script.WriteString("if (echo x > /proc/sys/kernel/domainname); then echo WROTE-PROC; fi\n")
@@ -221,5 +222,32 @@ cp packages/hello mnt/ && echo installed`
 	}
 	if _, err := os.Lstat(filepath.Join(spec, "packages/new")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("wrote into the working directory: %v", err)
+	}
+}
+
+// A mount below a writable path (a chroot's proc, a tmpfs the caller put
+// there) comes along with it, as the host has it.
+func TestIsolatedMountBelowWritablePath(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := hostDir(t)
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "mode=755"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(sub, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount the test's tmpfs: %v", err)
+		}
+	})
+	testutil.Tree{T: t, Root: sub}.File("f", "on the tmpfs\n")
+	res := mustRun(t, Command{Script: "cat sub/f && echo new > sub/g && echo wrote", Dir: dir, Isolate: true, Writable: []string{dir}})
+	if want := []string{"on the tmpfs", "wrote"}; !slices.Equal(res.Tail, want) {
+		t.Errorf("output %q, want %q", res.Tail, want)
+	}
+	if got := readFile(t, filepath.Join(sub, "g")); got != "new\n" {
+		t.Errorf("sub/g = %q on the host's tmpfs", got)
 	}
 }

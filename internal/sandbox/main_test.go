@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,7 +17,49 @@ import (
 
 func TestMain(m *testing.M) {
 	Reexec()
+	if os.Getenv(helperEnv) == "connect" {
+		os.Exit(connectHelper(os.Args[1:]))
+	}
 	os.Exit(m.Run())
+}
+
+// helperEnv, set to "connect" in a script, makes a copy of the test binary
+// (helperBinary) connect to the Unix sockets its arguments name instead of
+// running the tests: one tool that is there wherever the tests run.
+const helperEnv = "_LAYERFS_SANDBOX_TEST_HELPER"
+
+// connectHelper prints "CONNECTED ADDR" or "FAILED ADDR: ERROR" for each
+// address, a path or an abstract name ("@name").
+func connectHelper(addrs []string) int {
+	for _, a := range addrs {
+		c, err := net.DialTimeout("unix", a, 10*time.Second)
+		if err != nil {
+			fmt.Printf("FAILED %s: %v\n", a, err)
+			continue
+		}
+		c.Close()
+		fmt.Printf("CONNECTED %s\n", a)
+	}
+	return 0
+}
+
+// helperBinary copies the test binary where an isolated script can run it:
+// it lies under /tmp, which the sandbox covers with its tmpfs.
+func helperBinary(t *testing.T) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(hostDir(t), "helper")
+	if err := os.WriteFile(p, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // hangGuard bounds every run: a Run that hangs fails as a cancelled

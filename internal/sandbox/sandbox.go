@@ -1,8 +1,54 @@
 // Package sandbox runs the install command of `layerfs build`: a shell
 // script in a process of its own (never inside the FUSE daemon that serves
 // the mount it installs into), with a fixed environment, an optional
-// timeout, and, as root, in private namespaces where the host filesystem is
-// read-only except for the paths the build writes to.
+// timeout, and, as root, isolated from the host.
+//
+// Isolated (Command.Isolate, which needs root), the script runs in private
+// mount, pid, network, UTS and IPC namespaces, where:
+//
+//   - Every host mount is read-only and nodev (a device node on it does
+//     not open), except the Writable paths, which keep the host's state.
+//   - /tmp and /run (and /var/run when it is a directory rather than the
+//     usual symlink to /run) are fresh, empty tmpfs, but for /run/lock
+//     (mode 1777; Debian's /var/lock leads there). A Writable path under
+//     one of them stays visible above it, and so does the working
+//     directory, read-only.
+//   - /dev is a read-only tmpfs of the sandbox's own holding null, zero,
+//     full, random, urandom and tty (the host's nodes, bound read-only),
+//     the fd, stdin, stdout and stderr symlinks, a private devpts instance
+//     on /dev/pts with ptmx a symlink to pts/ptmx, and a tmpfs on /dev/shm.
+//     The host's disks and other devices are not in it.
+//   - The host's named Unix sockets are out of reach (connect(2) needs no
+//     write access): those under /run and /tmp are hidden by the tmpfs, and
+//     every other path that a socket of the caller's network namespace is
+//     bound at (as /proc/net/unix lists them) is covered with an empty
+//     read-only file. Abstract sockets belong to a network namespace, and
+//     the sandbox has its own. So a postinst's `systemctl restart` finds no
+//     systemd, and D-Bus, docker.sock or an X server cannot be reached.
+//   - /proc shows only the sandbox's processes, read-only.
+//   - There is no network, not even loopback; the host name and System V
+//     IPC are the sandbox's own.
+//   - Whatever the script leaves running dies with it.
+//
+// This stops accidents, not a hostile script. It does not isolate:
+//
+//   - Root's powers: the script keeps every capability (so that a chroot
+//     can mount proc and devpts), CAP_SYS_ADMIN included. It could remount
+//     the tree read-write, unmount the tmpfs over /dev or /run or a socket's
+//     cover, load modules, set the clock: a hostile root script escapes.
+//   - Devices through the Writable paths, which are not nodev: package
+//     managers make the image's device nodes there and use them (debootstrap
+//     mknods dev/null in the target and chroots into it), so a node for a
+//     host device that the script creates there, or that the image holds,
+//     opens that device.
+//   - A host socket reached by a name other than the one it was bound at (a
+//     hard link, a bind mount elsewhere), bound at a relative path, or bound
+//     in another network namespace (a container's) at a path the host's
+//     tree shows.
+//   - /sys (read-only), the users and groups, cgroups and resource limits
+//     (only the timeout; the tmpfs use memory) are the host's.
+//
+// Without root the script runs in its own process group, with none of this.
 //
 // Isolation re-executes the running binary as the namespaces' init, so
 // every program that calls Run with Isolate must call Reexec first thing in
@@ -37,15 +83,17 @@ type Command struct {
 	// tree is killed and Run returns an *ExitError whose TimedOut is true.
 	Timeout time.Duration
 	// Isolate runs the script in private mount, pid, network, UTS and IPC
-	// namespaces, which needs root. There the host's mounts are all
-	// read-only except Writable, /tmp (and /dev/shm) are private tmpfs
-	// (Dir stays visible, read-only, if it lies under one), /proc shows
-	// only the sandbox's processes (read-only), and there is no network
-	// at all, not even loopback.
+	// namespaces, which needs root: the package doc says what it sees.
+	// In short, the host's mounts are all read-only and nodev except
+	// Writable; /tmp, /run, /dev/shm are private tmpfs (Dir stays visible,
+	// read-only, if it lies under one); /dev is minimal; the host's Unix
+	// sockets are out of reach; /proc shows only the sandbox's processes
+	// (read-only); and there is no network at all, not even loopback.
 	Isolate bool
 	// Writable are the paths that stay writable inside an isolated run
-	// (the mountpoint being installed into). They must exist, and stay
-	// visible even when they lie under /tmp.
+	// (the mountpoint being installed into), device nodes included. They
+	// must exist, and stay visible even when they lie under /tmp, /run or
+	// /dev.
 	Writable []string
 	// Output, if set, also receives stdout and stderr as they come. A
 	// failing Output stops receiving; the command is not disturbed.
