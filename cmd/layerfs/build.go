@@ -20,12 +20,12 @@ type buildCmd struct {
 	Cache        string   `placeholder:"DIR" help:"Layer cache (default: $XDG_CACHE_HOME/layerfs)."`
 	Layer        []string `sep:"none" placeholder:"NAME:TYPE:A+B" help:"A layer in the Yocto OCI_LAYERS form (repeatable); replaces the spec's layers:. For host layers each item is SRC:DST."`
 	Rootfs       string   `placeholder:"DIR" help:"Source rootfs of directories and files layers given with --layer."`
-	Mode         string   `enum:",multi,single" default:"" help:"multi: a layer per entry; single: everything above the base as one layer."`
+	Mode         string   `enum:",multi,single" default:"" placeholder:"multi|single" help:"multi: a layer per entry; single: everything above the base as one layer."`
 	Machine      string   `help:"Machine name (part of every cache key); overrides the spec's machine:."`
 	Arch         string   `help:"Image architecture; overrides the spec's arch:."`
 	Install      string   `placeholder:"COMMAND" help:"Install command of packages layers; overrides the spec's install:."`
-	Compression  string   `enum:",gzip,zstd,none" default:"" help:"Layer compression; overrides the spec's compression:."`
-	MaxLayerSize string   `default:"64G" placeholder:"SIZE" help:"Refuse base-image layers that unpack to more than SIZE (a decompression bomb)."`
+	Compression  string   `enum:",gzip,zstd,none" default:"" placeholder:"gzip|zstd|none" help:"Layer compression; overrides the spec's compression:."`
+	MaxLayerSize string   `default:"64G" placeholder:"SIZE" help:"Refuse base-image layers that unpack to more than SIZE (a decompression bomb); default 64G."`
 	Threads      int      `help:"Compression threads (default: all CPUs). The output does not depend on it."`
 	Quiet        bool     `short:"q" help:"Do not show the install commands' output."`
 	JSON         bool     `name:"json" help:"Print the result, with per-layer keys, hits and timings, as one JSON object."`
