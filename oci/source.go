@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -116,15 +117,35 @@ type Image struct {
 	Ref          Reference
 	ManifestDesc v1.Descriptor
 	Manifest     v1.Manifest
+	// RawManifest is the manifest as stored: copies keep its digest.
+	RawManifest []byte
 	// RawConfig is the config as stored; Config is what layerfs reads of it.
 	RawConfig []byte
 	Config    v1.Image
 	src       blobSource
 }
 
-// OpenImage reads the image ref names. Only local transports are read
-// here. Bad references, missing paths and missing tags are bad input.
+// OpenImage reads the image ref names, for the host's platform.
 func OpenImage(ref Reference) (*Image, error) {
+	return Open(context.Background(), ref, OpenOptions{})
+}
+
+// OpenOptions say how to read an image.
+type OpenOptions struct {
+	// Platform picks the image of a multi-platform index; nil means the
+	// host's.
+	Platform *v1.Platform
+	// Strict makes a registry pull by tag, without a digest, an error
+	// instead of a warning.
+	Strict bool
+	// Insecure allows plain HTTP to a registry.
+	Insecure bool
+	Warn     func(msg string)
+}
+
+// Open reads the image ref names, in any transport. Bad references,
+// missing paths, tags and platforms are bad input.
+func Open(ctx context.Context, ref Reference, opts OpenOptions) (*Image, error) {
 	var (
 		src blobSource
 		idx *v1.Index
@@ -151,14 +172,18 @@ func OpenImage(ref Reference) (*Image, error) {
 			idx = &v1.Index{}
 			err = json.Unmarshal(data, idx)
 		}
+	case TransportDockerArchive:
+		return openDockerArchive(ctx, ref, opts)
+	case TransportDocker:
+		return openRegistry(ctx, ref, opts)
 	default:
-		return nil, inputerr.New("%s: transport %s is not supported here yet (use oci: or oci-archive:)", ref, ref.Transport)
+		return nil, inputerr.New("%s: unknown transport %s", ref, ref.Transport)
 	}
 	if err != nil {
 		src.Close()
 		return nil, inputerr.Wrap(fmt.Errorf("%s: index: %w", ref, err))
 	}
-	img, err := resolve(ref, src, idx)
+	img, err := resolve(ref, src, idx, opts.Platform)
 	if err != nil {
 		src.Close()
 		return nil, err
@@ -200,7 +225,7 @@ func tagList(idx *v1.Index) string {
 	return strings.Join(tags, ", ")
 }
 
-func resolve(ref Reference, src blobSource, idx *v1.Index) (*Image, error) {
+func resolve(ref Reference, src blobSource, idx *v1.Index, platform *v1.Platform) (*Image, error) {
 	i, err := FindTag(ref, idx)
 	if err != nil {
 		return nil, err
@@ -217,7 +242,7 @@ func resolve(ref Reference, src blobSource, idx *v1.Index) (*Image, error) {
 			if err := json.Unmarshal(data, &sub); err != nil || depth > 4 {
 				return nil, inputerr.New("%s: bad image index %s", ref, desc.Digest)
 			}
-			if desc, err = pickPlatform(ref, &sub); err != nil {
+			if desc, err = pickPlatform(ref, &sub, platform); err != nil {
 				return nil, err
 			}
 			continue
@@ -225,7 +250,7 @@ func resolve(ref Reference, src blobSource, idx *v1.Index) (*Image, error) {
 		default:
 			return nil, inputerr.New("%s: %s is a %q, not an image", ref, desc.Digest, desc.MediaType)
 		}
-		img := &Image{Ref: ref, ManifestDesc: desc, src: src}
+		img := &Image{Ref: ref, ManifestDesc: desc, RawManifest: data, src: src}
 		if err := json.Unmarshal(data, &img.Manifest); err != nil {
 			return nil, inputerr.New("%s: manifest %s: %v", ref, desc.Digest, err)
 		}
@@ -252,19 +277,62 @@ const (
 	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
-// pickPlatform chooses the host's platform from a multi-platform index.
-func pickPlatform(ref Reference, idx *v1.Index) (v1.Descriptor, error) {
+// pickPlatform chooses the image of a platform (the host's when nil)
+// from a multi-platform index. A variant asked for must match; one not
+// asked for takes the first image of the os and architecture.
+func pickPlatform(ref Reference, idx *v1.Index, want *v1.Platform) (v1.Descriptor, error) {
+	if want == nil {
+		want = &v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}
+	}
 	var have []string
 	for _, m := range idx.Manifests {
 		if m.Platform == nil {
 			continue
 		}
-		if m.Platform.OS == runtime.GOOS && m.Platform.Architecture == runtime.GOARCH {
+		p := m.Platform
+		if p.OS == want.OS && p.Architecture == want.Architecture && (want.Variant == "" || p.Variant == want.Variant) {
 			return m, nil
 		}
-		have = append(have, m.Platform.OS+"/"+m.Platform.Architecture)
+		have = append(have, FormatPlatform(p))
 	}
-	return v1.Descriptor{}, inputerr.New("%s: no %s/%s image in the index (has %s)", ref, runtime.GOOS, runtime.GOARCH, strings.Join(have, ", "))
+	return v1.Descriptor{}, inputerr.New("%s: no %s image in the index (has %s)", ref, FormatPlatform(want), strings.Join(have, ", "))
+}
+
+// FormatPlatform writes os/arch[/variant].
+func FormatPlatform(p *v1.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+// ParsePlatform reads os/arch[/variant]. Debian's and Isar's arm names
+// map as Isar's container fetcher maps them: armhf is arm/v7, armel
+// arm/v6; a bare architecture means linux.
+func ParsePlatform(s string) (*v1.Platform, error) {
+	parts := strings.Split(s, "/")
+	if len(parts) == 1 {
+		parts = []string{"linux", parts[0]}
+	}
+	if len(parts) > 3 || parts[0] == "" || parts[1] == "" || len(parts) == 3 && parts[2] == "" {
+		return nil, inputerr.New("platform %q: want OS/ARCH[/VARIANT], e.g. linux/arm/v7", s)
+	}
+	p := &v1.Platform{OS: parts[0], Architecture: parts[1]}
+	if len(parts) == 3 {
+		p.Variant = parts[2]
+	}
+	switch p.Architecture {
+	case "armhf":
+		p.Architecture, p.Variant = "arm", "v7"
+	case "armel":
+		p.Architecture, p.Variant = "arm", "v6"
+	case "x86_64":
+		p.Architecture = "amd64"
+	case "aarch64":
+		p.Architecture = "arm64"
+	}
+	return p, nil
 }
 
 // readBlob reads a small blob whole and checks it against its descriptor.

@@ -25,6 +25,13 @@ type cli struct {
 	Mount  mountCmd  `cmd:"" help:"Mount layer dirs as a union filesystem (FUSE) whose changes land in an upper dir."`
 	Umount umountCmd `cmd:"" help:"Unmount a layerfs mount, or clear dead ones (--stale)."`
 	Mounts mountsCmd `cmd:"" help:"List the layerfs mounts."`
+
+	Copy    copyCmd    `cmd:"" help:"Copy an image between transports (oci:, oci-archive:, docker-archive:, docker://)."`
+	Inspect inspectCmd `cmd:"" help:"Show an image's manifest, platform, config and layers."`
+	Ls      lsCmd      `cmd:"" help:"List a path of an image's merged view, read from its layer blobs."`
+	Cat     catCmd     `cmd:"" help:"Print a file of an image's merged view."`
+	Diff    diffCmd    `cmd:"" help:"List the paths added, removed and changed between two images."`
+	Index   indexCmd   `cmd:"" help:"Join per-platform images into one multi-platform index."`
 }
 
 // env is what every verb gets to run with.
