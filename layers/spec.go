@@ -185,12 +185,8 @@ func (s *Spec) Validate() error {
 	if s.Image == "" {
 		return inputerr.New("%s: no output image: set image: or pass --image", where)
 	}
-	ref, err := oci.ParseReference(s.Image)
-	if err != nil {
+	if _, err := oci.ParseReference(s.Image); err != nil {
 		return err
-	}
-	if ref.Transport != oci.TransportOCI {
-		return inputerr.New("%s: image %s: build writes oci: layouts", where, s.Image)
 	}
 	if s.Base != "" {
 		if _, err := oci.ParseReference(s.Base); err != nil {

@@ -63,11 +63,11 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 			return res, err
 		}
 	}
-	if opts.Image.Transport != TransportOCI {
-		return res, inputerr.New("--image %s: commit writes oci: layouts only", opts.Image)
-	}
 	if err := opts.Config.Validate(); err != nil {
 		return res, err
+	}
+	if opts.Image.Transport != TransportOCI {
+		return commitElsewhere(ctx, opts)
 	}
 	out := opts.Image
 	o, err := openOutput(out)
@@ -264,4 +264,35 @@ func removeStaleLayouts(dir string) {
 			os.RemoveAll(filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+// commitElsewhere commits to an image that is not an oci: layout (an
+// archive, a registry): the new image is made in a temporary layout and
+// written there whole. Without --base, the image at --image is the parent
+// it appends to, as for a layout.
+func commitElsewhere(ctx context.Context, opts CommitOptions) (res CommitResult, err error) {
+	dst := opts.Image
+	tmp, err := os.MkdirTemp("", "layerfs-commit-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(tmp)
+	if opts.Base == nil {
+		base := dst
+		opts.Base = &base
+	}
+	opts.Image = Reference{Transport: TransportOCI, Path: filepath.Join(tmp, "layout"), Tag: "commit"}
+	if res, err = Commit(ctx, opts); err != nil {
+		return res, err
+	}
+	img, err := OpenImage(opts.Image)
+	if err != nil {
+		return res, err
+	}
+	defer img.Close()
+	if res.Manifest, err = WriteTo(ctx, img, dst, CopyOptions{}); err != nil {
+		return res, err
+	}
+	res.Image = dst
+	return res, nil
 }
