@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -84,7 +86,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
 	if err := kctx.Run(e); err != nil {
-		fmt.Fprintf(stderr, "layerfs %s: %v\n", kctx.Command(), err)
+		// The verb alone: kong's "copy <src> <dst>" would read as if the
+		// placeholders were the values.
+		verb := slices.DeleteFunc(strings.Fields(kctx.Command()), func(w string) bool { return strings.HasPrefix(w, "<") })
+		fmt.Fprintf(stderr, "layerfs %s: %v\n", strings.Join(verb, " "), err)
 		if inputerr.Is(err) {
 			return exitBadInput
 		}
