@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,18 +17,27 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/layerfs/layerfs/cache"
 	"github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/layers"
+	"github.com/layerfs/layerfs/oci"
 )
 
 type mountCmd struct {
-	Lower      []string `placeholder:"DIR" sep:"none" help:"Read-only layer dir, base first (repeatable). None is allowed."`
-	Upper      string   `placeholder:"DIR" help:"Writable layer dir that receives every change (created if missing). Without it the mount is a read-only merged view."`
-	Workdir    string   `placeholder:"DIR" help:"Copy-up staging dir on the upper's filesystem (default: a hidden sibling of the upper)."`
-	RO         bool     `name:"ro" help:"Mount read-only; an --upper is then served as the topmost lower."`
-	Foreground bool     `help:"Stay attached; SIGINT or SIGTERM unmount cleanly."`
-	Debug      bool     `help:"Log every FUSE request (to the daemon's log, or stderr with --foreground)."`
-	ReadyFd    int      `hidden:"" default:"-1" help:"(internal) report readiness of a background daemon on this fd."`
+	Image        string   `placeholder:"REF" help:"Mount an image's merged view (any transport): its layers are applied into the layer cache once, by diff_id, and mounted read-only below any --lower."`
+	Cache        string   `placeholder:"DIR" help:"With --image: the layer cache (default: $XDG_CACHE_HOME/layerfs)."`
+	Platform     string   `placeholder:"OS/ARCH[/VARIANT]" help:"With --image: the image to take from a multi-platform index (default: this machine's)."`
+	Strict       bool     `help:"With --image: a registry pull by tag, without a digest, is an error instead of a warning."`
+	Insecure     bool     `help:"With --image: allow plain HTTP, and HTTPS without certificate checks, to its registry."`
+	MaxLayerSize string   `default:"64G" placeholder:"SIZE" help:"With --image: refuse layers that unpack to more than SIZE (a decompression bomb)."`
+	Lower        []string `placeholder:"DIR" sep:"none" help:"Read-only layer dir, base first (repeatable). None is allowed."`
+	Upper        string   `placeholder:"DIR" help:"Writable layer dir that receives every change (created if missing). Without it the mount is a read-only merged view."`
+	Workdir      string   `placeholder:"DIR" help:"Copy-up staging dir on the upper's filesystem (default: a hidden sibling of the upper)."`
+	RO           bool     `name:"ro" help:"Mount read-only; an --upper is then served as the topmost lower."`
+	Foreground   bool     `help:"Stay attached; SIGINT or SIGTERM unmount cleanly."`
+	Debug        bool     `help:"Log every FUSE request (to the daemon's log, or stderr with --foreground)."`
+	ReadyFd      int      `hidden:"" default:"-1" help:"(internal) report readiness of a background daemon on this fd."`
 
 	Mountpoint string `arg:"" help:"Directory to mount on."`
 }
@@ -86,7 +96,138 @@ func (c *mountCmd) options() (fs.Options, error) {
 		}
 	}
 	o.Debug = c.Debug
+	if err := c.imageOptions(); err != nil {
+		return o, err
+	}
 	return o, nil
+}
+
+// imageOptions checks the --image flags and makes the reference's path
+// and the cache absolute, for the daemon.
+func (c *mountCmd) imageOptions() error {
+	if c.Image == "" {
+		for _, f := range []struct {
+			flag string
+			set  bool
+		}{{"--cache", c.Cache != ""}, {"--platform", c.Platform != ""}, {"--strict", c.Strict}, {"--insecure", c.Insecure}} {
+			if f.set {
+				return inputerr.New("%s: only makes sense with --image", f.flag)
+			}
+		}
+		return nil
+	}
+	ref, err := oci.ParseReference(c.Image)
+	if err != nil {
+		return err
+	}
+	if ref.Path != "" {
+		if ref.Path, err = filepath.Abs(ref.Path); err != nil {
+			return inputerr.New("--image %s: %v", c.Image, err)
+		}
+		c.Image = ref.String()
+	}
+	if c.Platform != "" {
+		if _, err := oci.ParsePlatform(c.Platform); err != nil {
+			return err
+		}
+	}
+	if _, err := cache.ParseSize(c.MaxLayerSize); err != nil {
+		return inputerr.New("--max-layer-size %q: %v", c.MaxLayerSize, err)
+	}
+	if c.Cache == "" {
+		c.Cache = cache.DefaultDir()
+	}
+	if c.Cache, err = filepath.Abs(c.Cache); err != nil {
+		return inputerr.New("--cache %s: %v", c.Cache, err)
+	}
+	return nil
+}
+
+// applyImage opens the --image and makes its layers cache entries, held
+// in use until the returned image is released: as long as the daemon
+// serves them, no prune takes them.
+func (c *mountCmd) applyImage(ctx context.Context, rep *reporter) (*layers.AppliedImage, error) {
+	ref, err := oci.ParseReference(c.Image)
+	if err != nil {
+		return nil, err
+	}
+	opts := oci.OpenOptions{Strict: c.Strict, Insecure: c.Insecure, Warn: rep.warn}
+	if c.Platform != "" {
+		if opts.Platform, err = oci.ParsePlatform(c.Platform); err != nil {
+			return nil, err
+		}
+	}
+	maxSize, err := cache.ParseSize(c.MaxLayerSize)
+	if err != nil {
+		return nil, inputerr.New("--max-layer-size %q: %v", c.MaxLayerSize, err)
+	}
+	ca, err := cache.Open(c.Cache)
+	if err != nil {
+		return nil, err
+	}
+	img, err := oci.Open(ctx, ref, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	n := len(img.Manifest.Layers)
+	plural := "s"
+	if n == 1 {
+		plural = ""
+	}
+	rep.log(fmt.Sprintf("image %s: manifest %s, %d layer%s", ref, img.ManifestDesc.Digest, n, plural))
+	return layers.ApplyImage(ctx, ca, img, layers.ApplyImageOptions{MaxLayerSize: maxSize, Warn: rep.warn, Log: rep})
+}
+
+// reporter carries a daemon's progress, warnings and readiness to the
+// command that spawned it, one line each on the ready fd ("log MSG",
+// "warn MSG", then "ok", "input ERR" or "error ERR"), and to its own log;
+// in the foreground without a ready fd, to stderr.
+type reporter struct {
+	ready  *os.File
+	stderr io.Writer
+	env    *env
+}
+
+func (r *reporter) line(kind, msg string) {
+	if r.ready != nil {
+		io.WriteString(r.ready, kind+" "+strings.ReplaceAll(msg, "\n", " ")+"\n")
+	}
+}
+
+func (r *reporter) log(msg string) {
+	fmt.Fprintln(r.stderr, msg)
+	r.line("log", msg)
+}
+
+func (r *reporter) warn(msg string) {
+	r.env.warn(msg)
+	r.line("warn", msg)
+}
+
+// Write logs each line written (ApplyImage's per-layer lines).
+func (r *reporter) Write(p []byte) (int, error) {
+	for l := range strings.Lines(string(p)) {
+		r.log(strings.TrimSuffix(l, "\n"))
+	}
+	return len(p), nil
+}
+
+// done reports the end of startup: "ok", or the error.
+func (r *reporter) done(err error) {
+	if r.ready == nil {
+		return
+	}
+	switch {
+	case err == nil:
+		io.WriteString(r.ready, "ok\n")
+	case inputerr.Is(err):
+		r.line("input", err.Error())
+	default:
+		r.line("error", err.Error())
+	}
+	r.ready.Close()
+	r.ready = nil
 }
 
 // absDir resolves p and checks it is a directory. A mountpoint whose
@@ -137,6 +278,18 @@ func (c *mountCmd) spawn(e *env, o fs.Options) error {
 	}
 	defer logf.Close()
 	args := []string{"mount", "--foreground", "--ready-fd", "3"}
+	if c.Image != "" {
+		args = append(args, "--image", c.Image, "--cache", c.Cache, "--max-layer-size", c.MaxLayerSize)
+		if c.Platform != "" {
+			args = append(args, "--platform", c.Platform)
+		}
+		if c.Strict {
+			args = append(args, "--strict")
+		}
+		if c.Insecure {
+			args = append(args, "--insecure")
+		}
+	}
 	for _, l := range c.Lower {
 		args = append(args, "--lower", l)
 	}
@@ -162,8 +315,50 @@ func (c *mountCmd) spawn(e *env, o fs.Options) error {
 		return fmt.Errorf("start daemon: %w", err)
 	}
 	w.Close()
-	line, _ := bufio.NewReader(r).ReadString('\n')
-	line = strings.TrimSpace(line)
+	// Until the daemon serves, its progress is ours to show, and an
+	// interrupt (applying an image's layers takes a while) stops it.
+	lines, stop := make(chan string), make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(lines)
+		br := bufio.NewReader(r)
+		for {
+			line, err := br.ReadString('\n')
+			if line != "" {
+				select {
+				case lines <- strings.TrimSuffix(line, "\n"):
+				case <-stop:
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var line string
+wait:
+	for {
+		select {
+		case <-e.ctx.Done():
+			c.stopDaemon(cmd)
+			return e.ctx.Err()
+		case l, ok := <-lines:
+			if !ok {
+				break wait
+			}
+			if msg, ok := strings.CutPrefix(l, "log "); ok {
+				fmt.Fprintln(e.stderr, msg)
+				continue
+			}
+			if msg, ok := strings.CutPrefix(l, "warn "); ok {
+				e.warn(msg)
+				continue
+			}
+			line = strings.TrimSpace(l)
+			break wait
+		}
+	}
 	if line == "ok" {
 		cmd.Process.Release()
 		return nil
@@ -178,24 +373,46 @@ func (c *mountCmd) spawn(e *env, o fs.Options) error {
 	return fmt.Errorf("the daemon exited before serving (log: %s)", fs.LogFile(c.Mountpoint))
 }
 
+// stopDaemon ends a daemon that has not reported ready: SIGTERM lets it
+// abort its apply (leaving the cache clean) or unmount what it just
+// mounted; one that does not go is killed, and its dead mount cleared.
+func (c *mountCmd) stopDaemon(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+	}
+	if m, ok, _ := fs.Find(c.Mountpoint); ok && m.Mounted && !m.Alive {
+		fs.Unmount(c.Mountpoint, true)
+		fs.Forget(c.Mountpoint)
+	}
+}
+
 // serve mounts and serves in this process until unmounted or signalled.
 func (c *mountCmd) serve(e *env, o fs.Options) error {
-	ready := func(string) {}
+	rep := &reporter{stderr: e.stderr, env: e}
 	if c.ReadyFd >= 0 {
-		f := os.NewFile(uintptr(c.ReadyFd), "ready")
-		ready = func(line string) {
-			io.WriteString(f, line+"\n")
-			f.Close()
+		rep.ready = os.NewFile(uintptr(c.ReadyFd), "ready")
+	}
+	if c.Image != "" {
+		img, err := c.applyImage(e.ctx, rep)
+		if err != nil {
+			rep.done(err) // it names the image, or the cache entry
+			return err
 		}
+		// Released after the mount is gone: the entries stay in use
+		// (cache prune and rm skip them) for as long as it serves.
+		defer img.Release()
+		o.Lowers = append(img.Rootfs, o.Lowers...)
 	}
 	srv, err := fs.Mount(c.Mountpoint, o)
 	if err != nil {
 		err = fmt.Errorf("mount %s: %w", c.Mountpoint, err)
-		if inputerr.Is(err) {
-			ready("input " + err.Error())
-		} else {
-			ready("error " + err.Error())
-		}
+		rep.done(err)
 		return err
 	}
 	lowers := o.Lowers
@@ -208,16 +425,21 @@ func (c *mountCmd) serve(e *env, o fs.Options) error {
 	})
 	if err != nil {
 		srv.Unmount()
-		ready("error " + err.Error())
+		rep.done(err)
 		return err
 	}
 	defer forget()
-	ready("ok")
+	rep.done(nil)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
-		<-sigs
+		// The context ends on a signal that came before Notify (during a
+		// long --image apply, from a spawner that gave up).
+		select {
+		case <-sigs:
+		case <-e.ctx.Done():
+		}
 		// A clean unmount if nothing uses the mount, else a lazy one: a
 		// signalled daemon must go away either way.
 		if err := srv.Unmount(); err != nil {
