@@ -21,8 +21,8 @@ type commitCmd struct {
 	Deletions       bool     `help:"With --rootfs: white out every path the lowers have and the rootfs lacks (without it the layer has no whiteouts)."`
 	Lower           []string `placeholder:"DIR" sep:"none" help:"Layer dir beneath the upper or rootfs, base first (repeatable). Without it the lower view is listed from the image's layer tars."`
 	Exclude         []string `sep:"none" placeholder:"PATTERN" help:"Leave out this image path and everything beneath it, e.g. /var/cache/** (repeatable): no entry, no whiteout. * and ? match within one component, a ** component any number of components; a trailing /** keeps the dir itself."`
-	Image           string   `required:"" placeholder:"oci:DIR[:TAG]" help:"Output image. An existing tag is appended to; a new layout's tag defaults to latest."`
-	Base            string   `placeholder:"REF" help:"Image to start from when --image does not exist yet (oci: or oci-archive:)."`
+	Image           string   `required:"" placeholder:"REF" help:"Output image, any transport. An existing tag is appended to; a new layout's tag defaults to latest."`
+	Base            string   `placeholder:"REF" help:"Image to start from when --image does not exist yet (any transport: oci:, oci-archive:, docker-archive:, docker://)."`
 	Compression     string   `enum:"gzip,zstd,none" default:"gzip" help:"Layer compression: gzip, zstd or none."`
 	Threads         int      `help:"Compression threads (default: all CPUs). The output does not depend on it."`
 	SourceDateEpoch string   `name:"source-date-epoch" placeholder:"N" help:"Clamp mtimes to N (seconds since 1970) and date the image with it. Default: $SOURCE_DATE_EPOCH."`
