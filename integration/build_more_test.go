@@ -231,3 +231,44 @@ func TestCacheCLI(t *testing.T) {
 		t.Errorf("cache rm of an unknown key succeeded")
 	}
 }
+
+// TestBuildAndCommitToArchives: build and commit write any transport; the
+// images read back have the same config and layers as the oci: ones.
+func TestBuildAndCommitToArchives(t *testing.T) {
+	t.Parallel()
+	f := newBuildFixture(t)
+	env := []string{"SOURCE_DATE_EPOCH=1700000000"}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cacheDir := t.TempDir()
+	ociRun := layerfsBuild(ctx, t, f.dir, env, "spec.yaml", "--cache", cacheDir, "--json", "--image", "oci:"+f.dir+"/o:app")
+	darRun := layerfsBuild(ctx, t, f.dir, env, "spec.yaml", "--cache", cacheDir, "--json", "--image", "docker-archive:"+f.dir+"/app.tar:test/app:v1")
+	for _, r := range []buildRun{ociRun, darRun} {
+		if r.err != nil {
+			t.Fatalf("build: %v\n%s", r.err, r.stderr)
+		}
+	}
+	// The archive read back has the oci: image's config, byte for byte.
+	mustRun(t, "", layerfsBin, "copy", "docker-archive:"+f.dir+"/app.tar:test/app:v1", "oci:"+f.dir+"/back:app")
+	cfgOf := func(dir string) string {
+		out := mustRun(t, "", "skopeo", "inspect", "--config", "--raw", "oci:"+dir+":app")
+		return strings.TrimSpace(out)
+	}
+	testenv.NeedTool(t, "skopeo")
+	if a, b := cfgOf(f.dir+"/o"), cfgOf(f.dir+"/back"); a != b {
+		t.Errorf("docker-archive build's config differs from the oci: build's:\n%s\n%s", a, b)
+	}
+
+	// commit --image oci-archive: on top of the oci: build.
+	up := t.TempDir()
+	if err := os.WriteFile(filepath.Join(up, "added.txt"), []byte("added\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "", layerfsBin, "commit", "--upper", up, "--base", "oci:"+f.dir+"/o:app", "--image", "oci-archive:"+f.dir+"/app.oci.tar:next")
+	// Appending to the archive (no --base) adds one more layer.
+	mustRun(t, "", layerfsBin, "commit", "--upper", up, "--image", "oci-archive:"+f.dir+"/app.oci.tar:next")
+	mustRun(t, "", layerfsBin, "copy", "oci-archive:"+f.dir+"/app.oci.tar:next", "oci:"+f.dir+"/next:next")
+	if d, _ := imageLayers(t, f.dir+"/next", "next"); len(d) != 5 {
+		t.Errorf("after two commits to the archive it has %d layers, want 3+2", len(d))
+	}
+}
