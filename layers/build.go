@@ -36,6 +36,9 @@ type Options struct {
 	// applied (a decompression bomb is rejected); 0 means no limit.
 	MaxLayerSize int64
 	Threads      int
+	// Strict and Insecure are for a base image in a registry: a pull by
+	// tag is an error, plain HTTP is allowed.
+	Strict, Insecure bool
 }
 
 // LayerReport says what happened to one layer.
@@ -120,7 +123,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 			return nil, err
 		}
 		baseRef = &ref
-		if base, err = oci.OpenImage(ref); err != nil {
+		if base, err = oci.Open(ctx, ref, s.openOptions(opts.Strict, opts.Insecure, opts.Warn)); err != nil {
 			return nil, err
 		}
 		defer base.Close()

@@ -54,7 +54,7 @@ func Explain(ctx context.Context, s *Spec, c *cache.Cache, epoch *time.Time) ([]
 		if err != nil {
 			return nil, err
 		}
-		img, err := oci.OpenImage(ref)
+		img, err := oci.Open(ctx, ref, s.openOptions(false, false, nil))
 		if err != nil {
 			return nil, err
 		}

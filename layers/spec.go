@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
@@ -346,6 +347,20 @@ func (s *Spec) arch() string {
 		return defaultArch()
 	}
 	return s.Arch
+}
+
+// openOptions read the base image for the spec's platform: a
+// multi-platform base resolves to the spec's arch and variant, else to
+// the host's.
+func (s *Spec) openOptions(strict, insecure bool, warn func(string)) oci.OpenOptions {
+	o := oci.OpenOptions{Strict: strict, Insecure: insecure, Warn: warn}
+	if s.Arch != "" {
+		o.Platform = &v1.Platform{OS: "linux", Architecture: s.Arch, Variant: s.Variant}
+		if p, err := oci.ParsePlatform("linux/" + s.Arch); err == nil && s.Variant == "" {
+			o.Platform = p // armhf, armel
+		}
+	}
+	return o
 }
 
 // adoptPlatform takes the base image's architecture and variant where

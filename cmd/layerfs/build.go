@@ -27,6 +27,8 @@ type buildCmd struct {
 	Compression  string   `enum:",gzip,zstd,none" default:"" placeholder:"gzip|zstd|none" help:"Layer compression; overrides the spec's compression:."`
 	MaxLayerSize string   `default:"64G" placeholder:"SIZE" help:"Refuse base-image layers that unpack to more than SIZE (a decompression bomb); default 64G."`
 	Threads      int      `help:"Compression threads (default: all CPUs). The output does not depend on it."`
+	Strict       bool     `help:"A registry base image pulled by tag, without a digest, is an error."`
+	Insecure     bool     `help:"Allow plain HTTP to the base image's registry."`
 	Quiet        bool     `short:"q" help:"Do not show the install commands' output."`
 	JSON         bool     `name:"json" help:"Print the result, with per-layer keys, hits and timings, as one JSON object."`
 }
@@ -67,7 +69,7 @@ func (c *buildCmd) Run(e *env) error {
 	}
 	res, err := layers.Build(e.ctx, layers.Options{
 		Spec: spec, Cache: ca, Log: log, Output: output, Warn: e.warn,
-		SourceDateEpoch: epoch, MaxLayerSize: maxSize, Threads: c.Threads,
+		SourceDateEpoch: epoch, MaxLayerSize: maxSize, Threads: c.Threads, Strict: c.Strict, Insecure: c.Insecure,
 	})
 	if err != nil {
 		return err
