@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/layerfs/layerfs/integration/testenv"
 )
@@ -286,4 +288,60 @@ func closedPort(t *testing.T) string {
 	addr := l.Addr().String()
 	l.Close()
 	return addr
+}
+
+// TestRegistryCommitAndBuild: commit and build write to a registry, and
+// commit appends to the image there.
+func TestRegistryCommitAndBuild(t *testing.T) {
+	t.Parallel()
+	reg := startRegistry(t, false)
+	env := regIsolatedEnv(t)
+	up := t.TempDir()
+	if err := os.WriteFile(filepath.Join(up, "one.txt"), []byte("one\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dst := reg.ref("test/commit:v1")
+	if code, _, stderr := regRun(t, env, "commit", "--upper", up, "--image", dst, "--base", "oci:"+mkBaseImage(t)+":base", "--insecure"); code != 0 {
+		t.Fatalf("commit to a registry: exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := regRun(t, env, "commit", "--upper", up, "--image", dst, "--insecure"); code != 0 {
+		t.Fatalf("commit appending to a registry image: exit %d\n%s", code, stderr)
+	}
+	code, out, stderr := regRun(t, env, "inspect", dst, "--insecure", "--json", "--no-count")
+	if code != 0 {
+		t.Fatalf("inspect: exit %d\n%s", code, stderr)
+	}
+	var got struct{ Layers []struct{ Digest string } }
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Layers) != 3 {
+		t.Errorf("the registry image has %d layers, want the base's 1 and 2 commits", len(got.Layers))
+	}
+
+	f := newBuildFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	r := layerfsBuild(ctx, t, f.dir, nil, "spec.yaml", "--cache", t.TempDir(), "--json", "--image", reg.ref("test/build:v1"), "--insecure")
+	if r.err != nil {
+		t.Fatalf("build to a registry: %v\n%s", r.err, r.stderr)
+	}
+	code, out, stderr = regRun(t, env, "copy", reg.ref("test/build:v1"), "oci:"+t.TempDir()+"/o:x", "--insecure", "--json")
+	if code != 0 || !strings.Contains(out, r.result.Manifest) {
+		t.Errorf("pull of the built image: exit %d, %s (want manifest %s)\n%s", code, out, r.result.Manifest, stderr)
+	}
+}
+
+// mkBaseImage commits a one-file base image into a new layout.
+func mkBaseImage(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "root/etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "root/etc/base"), []byte("base\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	layerfsCommit(t, "--upper", filepath.Join(dir, "root"), "--image", "oci:"+dir+"/image:base")
+	return dir + "/image"
 }

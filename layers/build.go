@@ -177,7 +177,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	res.Layers = reps
 	fmt.Fprintf(opts.Log, "OCI: Pre-installed packages for %d layers (cache: %d hits, %d misses)\n", len(reps), res.Hits, res.Misses)
 
-	wo := oci.WriteImageOptions{Image: out, Base: base, BaseRef: baseRef, Config: s.Config.changes(s)}
+	wo := oci.WriteImageOptions{Image: out, Base: base, BaseRef: baseRef, Config: s.Config.changes(s), Insecure: opts.Insecure}
 	for i, e := range entries {
 		wo.Layers = append(wo.Layers, oci.ImageLayer{
 			Descriptor: v1.Descriptor{MediaType: e.Info.MediaType, Digest: e.Info.Digest, Size: e.Info.Size},

@@ -39,6 +39,8 @@ type CommitOptions struct {
 	// source date epoch, else now.
 	Created *time.Time
 	History string
+	// Insecure allows plain HTTP to registries of Base and Image.
+	Insecure bool
 }
 
 // CommitResult describes a committed layer and the image it now tops.
@@ -94,7 +96,7 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 			out.Tag = parent.ManifestDesc.Annotations[v1.AnnotationRefName]
 		}
 	} else if opts.Base != nil {
-		if parent, err = OpenImage(*opts.Base); err != nil {
+		if parent, err = Open(ctx, *opts.Base, OpenOptions{Insecure: opts.Insecure}); err != nil {
 			return res, err
 		}
 		defer parent.Close()
@@ -290,7 +292,7 @@ func commitElsewhere(ctx context.Context, opts CommitOptions) (res CommitResult,
 		return res, err
 	}
 	defer img.Close()
-	if res.Manifest, err = WriteTo(ctx, img, dst, CopyOptions{}); err != nil {
+	if res.Manifest, err = WriteTo(ctx, img, dst, CopyOptions{OpenOptions: OpenOptions{Insecure: opts.Insecure}}); err != nil {
 		return res, err
 	}
 	res.Image = dst

@@ -40,6 +40,8 @@ type WriteImageOptions struct {
 	Config  ConfigChanges
 	// Created dates the config.
 	Created time.Time
+	// Insecure allows plain HTTP to a registry Image names.
+	Insecure bool
 }
 
 // WriteImage writes the base's layers plus opts.Layers as one image and
@@ -65,7 +67,7 @@ func WriteImage(ctx context.Context, opts WriteImageOptions) (mdesc v1.Descripto
 			return mdesc, err
 		}
 		defer img.Close()
-		return WriteTo(ctx, img, out, CopyOptions{})
+		return WriteTo(ctx, img, out, CopyOptions{OpenOptions: OpenOptions{Insecure: opts.Insecure}})
 	}
 	if out.Tag == "" {
 		out.Tag = "latest"

@@ -28,7 +28,7 @@ type buildCmd struct {
 	MaxLayerSize string   `default:"64G" placeholder:"SIZE" help:"Refuse base-image layers that unpack to more than SIZE (a decompression bomb); default 64G."`
 	Threads      int      `help:"Compression threads (default: all CPUs). The output does not depend on it."`
 	Strict       bool     `help:"A registry base image pulled by tag, without a digest, is an error."`
-	Insecure     bool     `help:"Allow plain HTTP to the base image's registry."`
+	Insecure     bool     `help:"Allow plain HTTP to the registries of the base image and the output."`
 	Quiet        bool     `short:"q" help:"Do not show the install commands' output."`
 	JSON         bool     `name:"json" help:"Print the result, with per-layer keys, hits and timings, as one JSON object."`
 }

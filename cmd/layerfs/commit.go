@@ -44,6 +44,8 @@ type commitCmd struct {
 	History    string   `placeholder:"COMMENT" help:"Comment of the layer's history entry."`
 	AutoLabels bool     `help:"Set org.opencontainers.image.revision and .ref.name from the git checkout of the working dir, and .created from the build date."`
 
+	Insecure bool `help:"Allow plain HTTP to the registries of --base and --image."`
+
 	JSON bool `name:"json" help:"Print the result as one JSON object."`
 }
 
@@ -76,7 +78,7 @@ func (c *commitCmd) Run(e *env) error {
 // options turns flags into commit options, rejecting bad input before
 // anything is read or written.
 func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
-	opts := oci.CommitOptions{Upper: c.Upper, Lowers: c.Lower, History: c.History}
+	opts := oci.CommitOptions{Upper: c.Upper, Lowers: c.Lower, History: c.History, Insecure: c.Insecure}
 	var err error
 	// Not kong's required: its usage line would then demand both.
 	if c.Upper == "" && c.Rootfs == "" {
