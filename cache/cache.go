@@ -261,16 +261,6 @@ func canWriteTrusted(dir string) bool {
 	return err == nil || errors.Is(err, unix.ENODATA)
 }
 
-// syncDir makes a rename or unlink in dir durable.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
-
 // renameNoReplace renames a dir into place, failing with EEXIST when the
 // target exists, even as an empty dir (which a plain rename would
 // replace).

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/internal/durable"
 	"github.com/layerfs/layerfs/internal/inputerr"
 )
 
@@ -46,10 +47,10 @@ func (c *Cache) takeOut(e *Entry, dest string) error {
 	if err := renameNoReplace(e.Dir, dest); err != nil {
 		return err
 	}
-	if err := syncDir(c.dir); err != nil {
+	if err := durable.SyncDir(c.dir); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(dest))
+	return durable.SyncDir(filepath.Dir(dest))
 }
 
 // inUseNow reports whether takeOut would refuse the entry, without

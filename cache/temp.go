@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/durable"
 )
 
 // slot is a name under .tmp/ owned by a live process: <path>.lock exists
@@ -262,7 +263,7 @@ func (c *Cache) Insert(ctx context.Context, t *Temp, info Info) (*Entry, error) 
 	c.at("insert:renamed")
 	t.slot.release()
 	t.slot = nil
-	if err := syncDir(c.dir); err != nil {
+	if err := durable.SyncDir(c.dir); err != nil {
 		return fail(err)
 	}
 	e := &Entry{Dir: final, Info: info, LastUsed: time.Now()}
@@ -299,18 +300,4 @@ func syncfs(p string) error {
 		return &os.PathError{Op: "syncfs", Path: p, Err: err}
 	}
 	return nil
-}
-
-// ctxReader fails reads once ctx is done, so that hashing a large blob
-// can be cancelled.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }

@@ -18,6 +18,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/ctxio"
 )
 
 // treeFormat opens the hashed stream; a change to the encoding below
@@ -271,7 +273,7 @@ func hashFile(ctx context.Context, p string, n *treeNode, buf []byte) error {
 	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
 	h := sha256.New()
-	if _, err := io.CopyBuffer(h, ctxReader{ctx, f}, buf); err != nil {
+	if _, err := io.CopyBuffer(h, ctxio.Reader(ctx, f), buf); err != nil {
 		return err
 	}
 	h.Sum(n.sum[:0])

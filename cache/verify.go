@@ -10,6 +10,8 @@ import (
 	"os"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/layerfs/layerfs/internal/ctxio"
 )
 
 // VerifyResult is one entry's verdict.
@@ -108,7 +110,7 @@ func checkBlob(ctx context.Context, p string, want digest.Digest, size int64) (i
 		return 0, fmt.Errorf("blob: %w: %d bytes, want %d", ErrCorrupt, fi.Size(), size)
 	}
 	v := want.Verifier()
-	if _, err := io.Copy(v, ctxReader{ctx, f}); err != nil {
+	if _, err := io.Copy(v, ctxio.Reader(ctx, f)); err != nil {
 		return 0, err
 	}
 	if !v.Verified() {

@@ -24,6 +24,8 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/internal/ctxio"
+	"github.com/layerfs/layerfs/internal/durable"
 	"github.com/layerfs/layerfs/internal/inputerr"
 )
 
@@ -192,7 +194,7 @@ func decompressToTemp(ctx context.Context, r io.Reader) (*os.File, error) {
 		return nil, err
 	}
 	os.Remove(f.Name())
-	if _, err := io.Copy(f, ctxCheckedReader{ctx, u}); err != nil {
+	if _, err := io.Copy(f, ctxio.Reader(ctx, u)); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -201,19 +203,6 @@ func decompressToTemp(ctx context.Context, r io.Reader) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
-}
-
-// ctxCheckedReader fails reads once ctx is done, so that a long copy stops.
-type ctxCheckedReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxCheckedReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
 
 // openDockerArchive reads an image from a `docker save` archive. With
@@ -360,7 +349,7 @@ func describeArchiveLayer(ctx context.Context, name string, r *io.SectionReader,
 		return desc, nil
 	}
 	h := digest.Canonical.Digester()
-	if _, err := io.Copy(h.Hash(), ctxCheckedReader{ctx, io.NewSectionReader(r, 0, r.Size())}); err != nil {
+	if _, err := io.Copy(h.Hash(), ctxio.Reader(ctx, io.NewSectionReader(r, 0, r.Size()))); err != nil {
 		return desc, err
 	}
 	desc.Digest = h.Digest()
@@ -702,7 +691,7 @@ func (w *archiveWriter) addBlob(ctx context.Context, name string, b v1.Descripto
 		return err
 	}
 	v := b.Digest.Verifier()
-	n, err := io.CopyBuffer(io.MultiWriter(archiveWriteFunc(w.write), v), ctxCheckedReader{ctx, io.LimitReader(r, b.Size+1)}, make([]byte, 1<<20))
+	n, err := io.CopyBuffer(io.MultiWriter(archiveWriteFunc(w.write), v), ctxio.Reader(ctx, io.LimitReader(r, b.Size+1)), make([]byte, 1<<20))
 	if err != nil {
 		return err
 	}
@@ -718,7 +707,7 @@ func (w *archiveWriter) addStream(ctx context.Context, name string, r io.Reader)
 	if err := w.write(make([]byte, 512)); err != nil {
 		return 0, err
 	}
-	n, err := io.CopyBuffer(archiveWriteFunc(w.write), ctxCheckedReader{ctx, r}, make([]byte, 1<<20))
+	n, err := io.CopyBuffer(archiveWriteFunc(w.write), ctxio.Reader(ctx, r), make([]byte, 1<<20))
 	if err != nil {
 		return 0, err
 	}
@@ -754,7 +743,7 @@ func (w *archiveWriter) commit() error {
 		return err
 	}
 	w.f.Close()
-	return syncDir(filepath.Dir(w.final))
+	return durable.SyncDir(filepath.Dir(w.final))
 }
 
 func (w *archiveWriter) abort() {

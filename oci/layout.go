@@ -14,6 +14,8 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/durable"
 )
 
 // Layout is an OCI image layout directory open for writing.
@@ -155,7 +157,7 @@ func (l *Layout) CopyBlob(d digest.Digest, src string, open func() (io.ReadClose
 	if src != "" {
 		if err := os.Link(src, l.BlobPath(d)); err == nil {
 			l.added = append(l.added, l.BlobPath(d))
-			return syncDir(filepath.Dir(l.BlobPath(d)))
+			return durable.SyncDir(filepath.Dir(l.BlobPath(d)))
 		}
 	}
 	_, err := l.WriteBlob(func(w io.Writer) (digest.Digest, error) {
@@ -188,7 +190,7 @@ func (l *Layout) place(tmp string, d digest.Digest) error {
 		return err
 	}
 	l.added = append(l.added, final)
-	return syncDir(filepath.Dir(final))
+	return durable.SyncDir(filepath.Dir(final))
 }
 
 // ReadIndex reads index.json; a layout without one has an empty index.
@@ -253,14 +255,5 @@ func writeFileAtomic(p string, data []byte) error {
 	if err := os.Rename(f.Name(), p); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(p))
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
+	return durable.SyncDir(filepath.Dir(p))
 }

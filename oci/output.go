@@ -7,6 +7,8 @@ import (
 
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/layerfs/layerfs/internal/durable"
 )
 
 // output is an oci: layout being written. An existing layout is locked
@@ -86,7 +88,7 @@ func (o *output) tag(tag string, mdesc v1.Descriptor) error {
 		if err := os.Rename(o.dir, o.ref.Path); err != nil {
 			return fmt.Errorf("create %s: %w", o.ref.Path, err)
 		}
-		if err := syncDir(filepath.Dir(filepath.Clean(o.ref.Path))); err != nil {
+		if err := durable.SyncDir(filepath.Dir(filepath.Clean(o.ref.Path))); err != nil {
 			return err
 		}
 	}

@@ -335,16 +335,8 @@ func pullImage(c *registryClient, ref Reference, opts OpenOptions) (*Image, erro
 	if err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(img.RawConfig, &img.Config); err != nil {
-		return nil, inputerr.New("%s: config %s: %v", ref, img.Manifest.Config.Digest, err)
-	}
-	if n, m := len(img.Config.RootFS.DiffIDs), len(img.Manifest.Layers); n != m {
-		return nil, inputerr.New("%s: config lists %d diff_ids for %d layers", ref, n, m)
-	}
-	for _, d := range img.Config.RootFS.DiffIDs {
-		if err := d.Validate(); err != nil {
-			return nil, inputerr.New("%s: diff_id %q: %v", ref, d, err)
-		}
+	if err := img.readConfig(); err != nil {
+		return nil, err
 	}
 	if ref.Digest == "" && opts.Warn != nil {
 		opts.Warn(fmt.Sprintf("%s is pulled by tag, which can move; pin it: %s", ref, pin))

@@ -257,19 +257,28 @@ func resolve(ref Reference, src blobSource, idx *v1.Index, platform *v1.Platform
 		if img.RawConfig, err = readBlob(src, img.Manifest.Config); err != nil {
 			return nil, inputerr.Wrap(fmt.Errorf("%s: config: %w", ref, err))
 		}
-		if err := json.Unmarshal(img.RawConfig, &img.Config); err != nil {
-			return nil, inputerr.New("%s: config %s: %v", ref, img.Manifest.Config.Digest, err)
-		}
-		if n, m := len(img.Config.RootFS.DiffIDs), len(img.Manifest.Layers); n != m {
-			return nil, inputerr.New("%s: config lists %d diff_ids for %d layers", ref, n, m)
-		}
-		for _, d := range img.Config.RootFS.DiffIDs {
-			if err := d.Validate(); err != nil {
-				return nil, inputerr.New("%s: diff_id %q: %v", ref, d, err)
-			}
+		if err := img.readConfig(); err != nil {
+			return nil, err
 		}
 		return img, nil
 	}
+}
+
+// readConfig reads RawConfig into Config and checks that it describes the
+// manifest's layers: a diff_id for each, each a valid digest.
+func (img *Image) readConfig() error {
+	if err := json.Unmarshal(img.RawConfig, &img.Config); err != nil {
+		return inputerr.New("%s: config %s: %v", img.Ref, img.Manifest.Config.Digest, err)
+	}
+	if n, m := len(img.Config.RootFS.DiffIDs), len(img.Manifest.Layers); n != m {
+		return inputerr.New("%s: config lists %d diff_ids for %d layers", img.Ref, n, m)
+	}
+	for _, d := range img.Config.RootFS.DiffIDs {
+		if err := d.Validate(); err != nil {
+			return inputerr.New("%s: diff_id %q: %v", img.Ref, d, err)
+		}
+	}
+	return nil
 }
 
 const (

@@ -33,6 +33,17 @@ func (c *cacheCmd) open() (*cache.Cache, error) {
 	return cache.Open(dir)
 }
 
+// openForRemoval opens the cache with the check of live mounts that
+// removals must honour.
+func (c *cacheCmd) openForRemoval() (*cache.Cache, func(string) bool, error) {
+	ca, err := c.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	inUse, err := mountedEntries()
+	return ca, inUse, err
+}
+
 type cacheLsCmd struct {
 	JSON bool `name:"json" help:"Print the entries as JSON."`
 }
@@ -83,11 +94,7 @@ func (c *cachePruneCmd) Run(e *env, parent *cacheCmd) error {
 			return fmt.Errorf("--max-size: %w", err)
 		}
 	}
-	ca, err := parent.open()
-	if err != nil {
-		return err
-	}
-	inUse, err := mountedEntries()
+	ca, inUse, err := parent.openForRemoval()
 	if err != nil {
 		return err
 	}
@@ -129,11 +136,7 @@ type cacheRmCmd struct {
 }
 
 func (c *cacheRmCmd) Run(e *env, parent *cacheCmd) error {
-	ca, err := parent.open()
-	if err != nil {
-		return err
-	}
-	inUse, err := mountedEntries()
+	ca, inUse, err := parent.openForRemoval()
 	if err != nil {
 		return err
 	}
