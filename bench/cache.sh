@@ -43,9 +43,11 @@
 # flock.
 set -euo pipefail
 umask 022
-CMDLINE=$0
-for a in "$@"; do [[ $a =~ ^[][A-Za-z0-9_./,=:+@-]+$ ]] && CMDLINE+=" $a" || CMDLINE+=" $(printf '%q' "$a")"; done
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+CMDLINE=$(cmdline "$@")
 
+# shellcheck disable=SC2317  # called by common_option, in lib.sh
 usage() {
   cat <<'EOF'
 usage: bench/cache.sh [options]
@@ -87,29 +89,18 @@ while (($#)); do
     --cache) CACHE=$2; shift 2 ;;
     --image-gb) IMG_GB=$2; shift 2 ;;
     --check) CHECK=1; shift ;;
-    --wait-quiet) QUIET=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
+    *) common_option "$@"; shift "$OPT_WORDS" ;;
   esac
 done
 RB_RUNS=${RB_RUNS:-$RUNS}
 for v in RUNS BIG_RUNS READ_MAX RB_FILES RB_RUNS IMG_GB QUIET; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "cache.sh: ${v,,} wants a number" >&2; exit 2; }
+  [[ ${!v} =~ ^[0-9]+$ ]] || usage_error "${v,,} wants a number"
 done
-((RUNS >= 1)) || { echo "cache.sh: --runs wants at least 1" >&2; exit 2; }
+((RUNS >= 1)) || usage_error "--runs wants at least 1"
 IFS=, read -r -a SZ <<<"$SIZES"
-for s in "${SZ[@]}"; do [[ $s =~ ^[1-9][0-9]*$ ]] || { echo "cache.sh: --sizes wants numbers" >&2; exit 2; }; done
+for s in "${SZ[@]}"; do [[ $s =~ ^[1-9][0-9]*$ ]] || usage_error "--sizes wants numbers"; done
 mapfile -t SZ < <(printf '%s\n' "${SZ[@]}" | sort -n | uniq)
 BIG=${SZ[-1]}
-
-BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$BENCH")
-
-die() { echo "cache.sh: $*" >&2; exit 1; }
-log() { echo "# $*" >&2; }
-WARNINGS=()
-warn() { log "WARNING: $*"; WARNINGS+=("$*"); }
 
 ((EUID == 0)) || die "needs root (loop device, mounts, the build sandbox)"
 for t in go python3 cp rsync mkfs.ext4 losetup flock mount umount; do
@@ -152,27 +143,11 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- helpers
 
-median() { printf '%s\n' "$@" | grep . | sort -g | awk '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} printf "%.3f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-div() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-" || b <= 0) print "-"; else printf "%.1f", a/b}'; }
+# shellcheck disable=SC2034  # read by lib.sh
+DIV_PLACES=1   # div: the ratios of this report have one decimal
+# shellcheck disable=SC2034  # read by lib.sh
+WAIT_IO=1      # wait_quiet: also for I/O pressure <5%
 add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a + b}'; }
-mb() { awk -v a="$1" 'BEGIN {printf "%.1f MB", a/1e6}'; }
-cpu_busy() {  # percent of CPU time not idle over the next 3 s, all processes
-  local a b
-  a=$(head -1 /proc/stat); sleep 3; b=$(head -1 /proc/stat)
-  echo "$a $b" | awk '{for (i = 2; i <= 9; i++) {t0 += $i; t1 += $(i + 11)}
-    id0 = $5 + $6; id1 = $16 + $17; printf "%.0f", 100 * (1 - (id1 - id0) / (t1 - t0 + 1e-9))}'
-}
-io_pressure() {  # "some avg10" of /proc/pressure/io, as an integer percent (0 without PSI)
-  awk '/^some/ {split($2, a, "="); printf "%.0f", a[2]; found = 1} END {if (!found) print 0}' /proc/pressure/io 2>/dev/null || echo 0
-}
-wait_quiet() {  # MAXSECONDS: until the CPUs are <10% busy and tasks stall on I/O <5% of the time
-  local t0=$SECONDS b io
-  while b=$(cpu_busy); io=$(io_pressure); ((b >= 10 || io >= 5)); do
-    if ((SECONDS - t0 >= $1)); then log "CPUs still ${b}% busy, I/O pressure ${io}% after $1 s; measuring anyway"; return; fi
-    log "CPUs ${b}% busy, I/O pressure ${io}% (other work); waiting"
-    sleep 7
-  done
-}
 
 # R[what/size] = space-separated seconds of each run
 declare -A R
@@ -187,9 +162,6 @@ timed() {
   if ((rc)); then cat "$WORK/err" >&2; fi
   return $rc
 }
-last() { local a; read -ra a <<<"${R[$1]}"; echo "${a[-1]}"; }
-# shellcheck disable=SC2086  # R's values are space-separated numbers, split on purpose
-med() { median ${R[$1]:-}; }
 walk_entries() { awk '{print $2}' "$WORK/out"; }   # of the walker's output
 
 # json_get FILE EXPR: a field of a `layerfs build --json` result (python expression over r)
@@ -203,8 +175,7 @@ LFS_REV=-
 if [[ -n $LFS_BIN ]]; then
   cp "$LFS_BIN" "$LFS"
 else
-  log "building layerfs from $REPO"
-  (cd "$REPO" && go build -o "$LFS" ./cmd/layerfs) || die "go build ./cmd/layerfs failed"
+  build_layerfs "$LFS"
   LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)
   if [[ -n $(cd "$REPO" && git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' 2>/dev/null) ]]; then LFS_REV+=+dirty; fi
 fi
@@ -446,13 +417,12 @@ fi
 
 # ---------------------------------------------------------------- report
 
-row() { printf '| %s ' "$@"; echo '|'; }
 num() { printf "%'d" "$1"; }
 echo
 echo "== layerfs layer cache benchmark (issue 4) =="
 echo "command : $CMDLINE"
 echo "date    : $(date -u +%Y-%m-%dT%H:%M:%SZ)   layerfs: $LFS_REV"
-echo "host    : $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r), $(sed -n 's/^PRETTY_NAME="\(.*\)"$/\1/p' /etc/os-release)"
+echo "host    : $(machine), $(sed -n 's/^PRETTY_NAME="\(.*\)"$/\1/p' /etc/os-release)"
 echo "tools   : $(cp --version | head -1), $(rsync --version | head -1 | awk '{print "rsync", $3}'), $(go version | awk '{print $3}')"
 echo "disk    : fixtures, layerfs cache, copies, uppers and outputs on one ext4 ($(findmnt -no FSTYPE,OPTIONS -T "$FSM" | cut -c1-50)) on $LOOPDEV (direct I/O) over $IMG, which is on $(findmnt -no SOURCE,FSTYPE,OPTIONS -T "$CACHE" | cut -c1-60)"
 echo "caches  : warm (page cache not dropped; a read of each cached rootfs, a mount and a hit build before the runs); sync before each timed run; SOURCE_DATE_EPOCH=$EPOCH"

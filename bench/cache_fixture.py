@@ -21,8 +21,6 @@ sys.dont_write_bytecode = True  # no bench/__pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fixture as fx  # noqa: E402
 
-TOP_DIRS = {"etc", "tmp", "var/tmp", "root", "home", "srv", "opt"}
-
 
 def split(seed, nfiles, nparts):
     """fixture.model(seed, nfiles), each entry tagged with its part."""
@@ -40,37 +38,6 @@ def split(seed, nfiles, nparts):
     return parts
 
 
-def write_part(root, seed, ents, first):
-    ds = fx.dirs_of(ents)
-    if first:
-        ds |= TOP_DIRS
-    ds = sorted(ds)
-    os.makedirs(root, exist_ok=True)
-    for d in ds:
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    if first:
-        os.chmod(os.path.join(root, "tmp"), 0o1777)
-        os.chmod(os.path.join(root, "root"), 0o700)
-    for e in ents:
-        p = os.path.join(root, e.path)
-        if e.kind == "f":
-            with open(p, "wb") as fh:
-                fh.write(fx.content(f"{seed}/{e.path}", e.size))
-            os.chown(p, e.uid, e.gid)
-            os.chmod(p, e.mode)
-            os.utime(p, (fx.BASE_MTIME, fx.BASE_MTIME))
-        else:
-            os.symlink(e.target, p)
-            os.utime(p, (fx.BASE_MTIME, fx.BASE_MTIME), follow_symlinks=False)
-    if first:
-        for l in ("bin", "sbin", "lib", "lib64"):
-            os.symlink(f"usr/{l}" if l != "lib64" else "usr/lib", os.path.join(root, l))
-            os.utime(os.path.join(root, l), (fx.BASE_MTIME, fx.BASE_MTIME), follow_symlinks=False)
-    for d in reversed(ds):
-        os.utime(os.path.join(root, d), (fx.BASE_MTIME, fx.BASE_MTIME))
-    os.utime(root, (fx.BASE_MTIME, fx.BASE_MTIME))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["parts"])
@@ -80,7 +47,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     for k, ents in enumerate(split(a.seed, a.files, a.parts)):
-        write_part(os.path.join(a.dir, f"p{k + 1}"), a.seed, ents, k == 0)
+        fx.write_tree(os.path.join(a.dir, f"p{k + 1}"), a.seed, ents, top=k == 0)
         nf = sum(e.kind == "f" for e in ents)
         print(f"p{k + 1}: {nf} files, {sum(e.size for e in ents if e.kind == 'f')} bytes", file=sys.stderr)
 

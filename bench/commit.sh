@@ -12,7 +12,10 @@
 #
 # Needs: root (kernel overlayfs mount), go, python3, umoci, pigz, tar.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
+# shellcheck disable=SC2317  # called by common_option, in lib.sh
 usage() {
   cat <<'EOF'
 usage: bench/commit.sh [options]
@@ -44,31 +47,19 @@ while (($#)); do
     --no-large) LARGE=0; shift ;;
     --no-layerfs) USE_LAYERFS=0; shift ;;
     --check) CHECK=1; shift ;;
-    --wait-quiet) QUIET=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
+    *) common_option "$@"; shift "$OPT_WORDS" ;;
   esac
 done
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "commit.sh: -n wants a positive number" >&2; exit 2; }
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || usage_error "-n wants a positive number"
 
-BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$BENCH")
 FIXTURE="python3 $BENCH/fixture.py"
-
-die() { echo "commit.sh: $*" >&2; exit 1; }
-log() { echo "# $*" >&2; }
 
 (( EUID == 0 )) || die "needs root, for the kernel overlayfs mount"
 for t in go python3 umoci pigz tar; do
   command -v $t >/dev/null || die "$t not found (apt-get install -y umoci pigz)"
 done
 
-if [[ -z $WORK ]]; then
-  WORK=$(mktemp -d /tmp/layerfs-bench.XXXXXX)
-else
-  mkdir -p "$WORK"; WORK=$(cd "$WORK" && pwd)
-fi
+make_work /tmp/layerfs-bench.XXXXXX
 
 MOUNTS=()
 cleanup() {
@@ -83,19 +74,6 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- helpers
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.3f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-div() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0) ? a/b : 0}'; }
-mb() { awk -v a="$1" 'BEGIN {printf "%.1f MB", a/1e6}'; }
-# start/stop around a timed command: stop prints "WALL CPU", CPU being the
-# user+sys seconds of the children waited for in between (bash's `times`,
-# which runs without a fork when redirected)
-start() { times >"$RUN/times.0"; T0=$EPOCHREALTIME; }
-stop() {
-  local t1=$EPOCHREALTIME
-  times >"$RUN/times.1"
-  awk -v a="$T0" -v b="$t1" 'function s(x, m) {sub(/s$/, "", x); split(x, m, "m"); return m[1] * 60 + m[2]}
-    FNR == 2 {c[++n] = s($1) + s($2)} END {printf "%.3f %.3f\n", b - a, c[2] - c[1]}' "$RUN/times.0" "$RUN/times.1"
-}
 measure() {  # WALLARRAY CPUARRAY CMD...: run CMD (which prints "WALL CPU"), append
   local -n _w=$1 _c=$2
   local r
@@ -105,22 +83,6 @@ measure() {  # WALLARRAY CPUARRAY CMD...: run CMD (which prints "WALL CPU"), app
 }
 layer_entries() { tar -tzf "$1" | wc -l; }
 top_layer() { python3 "$BENCH/layout.py" "$@"; }   # LAYOUT TAG -> "NLAYERS SIZE DIGEST"
-# percent of CPU time not idle over the next 3 s, all processes
-cpu_busy() {
-  local a b
-  a=$(head -1 /proc/stat); sleep 3; b=$(head -1 /proc/stat)
-  # fields: cpu user nice system idle iowait irq softirq steal guest guest_nice
-  echo "$a $b" | awk '{for (i = 2; i <= 9; i++) {t0 += $i; t1 += $(i + 11)}
-    id0 = $5 + $6; id1 = $16 + $17; printf "%.0f", 100 * (1 - (id1 - id0) / (t1 - t0 + 1e-9))}'
-}
-wait_quiet() {  # MAXSECONDS
-  local t0=$SECONDS b
-  while b=$(cpu_busy); ((b >= 10)); do
-    if ((SECONDS - t0 >= $1)); then log "CPUs still ${b}% busy after $1 s; measuring anyway"; return; fi
-    log "CPUs ${b}% busy with other work; waiting"
-    sleep 7
-  done
-}
 blob_path() { echo "$1/blobs/${2%%:*}/${2#*:}"; }
 
 # fingerprint of a tree, to prove that a tool did not change its input
@@ -130,8 +92,7 @@ fingerprint() { (cd "$1" && find . -printf '%P %y %s %m %U:%G %T@ %l\n' | LC_ALL
 
 LAYERFS=$WORK/layerfs
 if ((USE_LAYERFS)); then
-  log "building layerfs from $REPO"
-  (cd "$REPO" && go build -o "$LAYERFS" ./cmd/layerfs) || die "go build ./cmd/layerfs failed (use --no-layerfs to test the rest)"
+  build_layerfs "$LAYERFS" "use --no-layerfs to test the rest"
   "$LAYERFS" commit --help >/dev/null 2>&1 || die "layerfs commit --help fails: the verb is not there yet (use --no-layerfs)"
 fi
 
@@ -290,14 +251,12 @@ fi
 
 # ---------------------------------------------------------------- report
 
-# markdown rows, so the output pastes into BENCHMARKS.md as it is
-row() { printf '| %s ' "$@"; echo '|'; }
 UM_CMED=$(median "${UMC[@]}")
 TP_CMED=$(median "${TPC[@]}")
 echo
 echo "== layerfs commit benchmark (issue 2) =="
 echo "date  : $(date -u +%Y-%m-%dT%H:%M:%SZ)   layerfs: $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)$(cd "$REPO" && [[ -n $(git status --porcelain -- . ':!bench' 2>/dev/null) ]] && echo ' +dirty')"
-echo "host  : $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r), umoci $(umoci --version | awk '{print $3}'), pigz $(pigz --version 2>&1 | awk '{print $2}')"
+echo "host  : $(machine), umoci $(umoci --version | awk '{print $3}'), pigz $(pigz --version 2>&1 | awk '{print $2}')"
 describe_fixture small
 echo "caches: warm for all three (page cache not dropped; $WARMUP untimed warm-up run(s) each; sync before each timed run)"
 echo "runs  : $RUNS per tool, interleaved; median reported; gzip level $LEVEL for all"

@@ -218,14 +218,28 @@ def dirs_of(ents):
 
 # ---------------------------------------------------------------- base
 
+TOP_DIRS = {"etc", "tmp", "var/tmp", "root", "home", "srv", "opt"}
+
+
 def write_base(root, seed, nfiles):
-    ents = model(seed, nfiles)
-    ds = sorted(dirs_of(ents) | {"etc", "tmp", "var/tmp", "root", "home", "srv", "opt"})
+    write_tree(root, seed, model(seed, nfiles))
+
+
+def write_tree(root, seed, ents, top=True):
+    """Write ents (entries of model() or a part of them, see cache_fixture.py)
+    into root, with the directories they need, everything at BASE_MTIME.
+    top: also the top dirs (tmp, root, ...) and the merged-usr links, which
+    a whole base has and only the first of cache_fixture.py's parts."""
+    ds = dirs_of(ents)
+    if top:
+        ds |= TOP_DIRS
+    ds = sorted(ds)
     os.makedirs(root, exist_ok=True)
     for d in ds:
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    os.chmod(os.path.join(root, "tmp"), 0o1777)
-    os.chmod(os.path.join(root, "root"), 0o700)
+    if top:
+        os.chmod(os.path.join(root, "tmp"), 0o1777)
+        os.chmod(os.path.join(root, "root"), 0o700)
     for e in ents:
         p = os.path.join(root, e.path)
         if e.kind == "f":
@@ -237,10 +251,11 @@ def write_base(root, seed, nfiles):
         else:
             os.symlink(e.target, p)
             os.utime(p, (BASE_MTIME, BASE_MTIME), follow_symlinks=False)
-    # merged-usr links, as on Debian 12
-    for l in ("bin", "sbin", "lib", "lib64"):
-        os.symlink(f"usr/{l}" if l != "lib64" else "usr/lib", os.path.join(root, l))
-        os.utime(os.path.join(root, l), (BASE_MTIME, BASE_MTIME), follow_symlinks=False)
+    if top:
+        # merged-usr links, as on Debian 12
+        for l in ("bin", "sbin", "lib", "lib64"):
+            os.symlink(f"usr/{l}" if l != "lib64" else "usr/lib", os.path.join(root, l))
+            os.utime(os.path.join(root, l), (BASE_MTIME, BASE_MTIME), follow_symlinks=False)
     for d in reversed(ds):
         os.utime(os.path.join(root, d), (BASE_MTIME, BASE_MTIME))
     os.utime(root, (BASE_MTIME, BASE_MTIME))

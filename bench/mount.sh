@@ -30,7 +30,10 @@
 # Needs: root, go, python3, tar, fuse-overlayfs, debootstrap, apt-get, dpkg,
 # mkfs.ext4, losetup.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
+# shellcheck disable=SC2317  # called by common_option, in lib.sh
 usage() {
   cat <<'EOF'
 usage: bench/mount.sh [options]
@@ -79,22 +82,11 @@ while (($#)); do
     --scratch-fs) SCRATCH_FS=$2; shift 2 ;;
     --requests) REQUESTS=1; shift ;;
     --check) CHECK=1; shift ;;
-    --wait-quiet) QUIET=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
+    *) common_option "$@"; shift "$OPT_WORDS" ;;
   esac
 done
-[[ $RUNS =~ ^[0-9]+$ ]] || { echo "mount.sh: -n wants a number" >&2; exit 2; }
-[[ $SCRATCH_FS == loop || $SCRATCH_FS == root ]] || { echo "mount.sh: --scratch-fs wants loop or root" >&2; exit 2; }
-
-BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$BENCH")
-
-die() { echo "mount.sh: $*" >&2; exit 1; }
-log() { echo "# $*" >&2; }
-WARNINGS=()
-warn() { log "WARNING: $*"; WARNINGS+=("$*"); }
+[[ $RUNS =~ ^[0-9]+$ ]] || usage_error "-n wants a number"
+[[ $SCRATCH_FS == loop || $SCRATCH_FS == root ]] || usage_error "--scratch-fs wants loop or root"
 
 (( EUID == 0 )) || die "needs root (mounts, drop_caches, dpkg --root)"
 for t in go python3 tar mount umount; do command -v $t >/dev/null || die "$t not found"; done
@@ -111,11 +103,7 @@ if ((DO_DPKG)); then
 fi
 
 mkdir -p "$CACHE"; CACHE=$(cd "$CACHE" && pwd)
-if [[ -z $WORK ]]; then
-  WORK=$(mktemp -d /var/tmp/layerfs-mount-bench.XXXXXX)
-else
-  mkdir -p "$WORK"; WORK=$(cd "$WORK" && pwd)
-fi
+make_work /var/tmp/layerfs-mount-bench.XXXXXX
 
 # ---------------------------------------------------------------- mounts and cleanup
 
@@ -224,27 +212,10 @@ proc_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
 # ---------------------------------------------------------------- helpers
 
-median() { printf '%s\n' "$@" | grep . | sort -g | awk '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} printf "%.3f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-div() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-" || b <= 0) print "-"; else printf "%.2f", a/b}'; }
+# shellcheck disable=SC2034  # read by lib.sh
+WAIT_IO=1   # wait_quiet: also for I/O pressure <5%
 sub_() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a - b}'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-cpu_busy() {  # percent of CPU time not idle over the next 3 s, all processes
-  local a b
-  a=$(head -1 /proc/stat); sleep 3; b=$(head -1 /proc/stat)
-  echo "$a $b" | awk '{for (i = 2; i <= 9; i++) {t0 += $i; t1 += $(i + 11)}
-    id0 = $5 + $6; id1 = $16 + $17; printf "%.0f", 100 * (1 - (id1 - id0) / (t1 - t0 + 1e-9))}'
-}
-io_pressure() {  # "some avg10" of /proc/pressure/io, as an integer percent (0 without PSI)
-  awk '/^some/ {split($2, a, "="); printf "%.0f", a[2]; found = 1} END {if (!found) print 0}' /proc/pressure/io 2>/dev/null || echo 0
-}
-wait_quiet() {  # MAXSECONDS: until the CPUs are <10% busy and tasks stall on I/O <5% of the time
-  local t0=$SECONDS b io
-  while b=$(cpu_busy); io=$(io_pressure); ((b >= 10 || io >= 5)); do
-    if ((SECONDS - t0 >= $1)); then log "CPUs still ${b}% busy, I/O pressure ${io}% after $1 s; measuring anyway"; return; fi
-    log "CPUs ${b}% busy, I/O pressure ${io}% (other work); waiting"
-    sleep 7
-  done
-}
 
 # results: R[op/cfg] = space-separated seconds of each run; D[op/cfg] the daemon's
 # CPU seconds (user+sys) during each run
@@ -265,7 +236,6 @@ timed() {
   fi
   return $rc
 }
-last() { local a=(${R[$1]}); echo "${a[-1]}"; }
 
 # ---------------------------------------------------------------- layerfs
 
@@ -276,8 +246,7 @@ if has_cfg layerfs || ((DO_RSS)); then
   if [[ -n $LFS_BIN ]]; then
     cp "$LFS_BIN" "$LFS"
   else
-    log "building layerfs from $REPO"
-    (cd "$REPO" && go build -o "$LFS" ./cmd/layerfs) || die "go build ./cmd/layerfs failed (or --configs without layerfs)"
+    build_layerfs "$LFS" "or --configs without layerfs"
     LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && [[ -n $(git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' 2>/dev/null) ]] && echo +dirty || true)
   fi
   if ! "$LFS" mount --help >/dev/null 2>&1; then
@@ -598,8 +567,6 @@ fi
 
 # ---------------------------------------------------------------- report
 
-row() { printf '| %s ' "$@"; echo '|'; }
-med() { median ${R[$1]:-}; }
 dmed() { median ${D[$1]:-}; }
 name() { case $1 in native) echo native ;; kovl) echo "kernel overlayfs" ;; fovl) echo "fuse-overlayfs $FOVL_VER" ;; layerfs) echo "layerfs mount" ;; esac; }
 FOVL_VER=$(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs: version/ {print $3}' || true)
@@ -609,7 +576,7 @@ MB() { awk -v a="$1" 'BEGIN {printf "%.0f MB", a/1e6}'; }
 echo
 echo "== layerfs mount benchmark (issue 3) =="
 echo "date   : $(date -u +%Y-%m-%dT%H:%M:%SZ)   layerfs: $(has_cfg layerfs && echo "$LFS_REV" || echo 'not measured')"
-echo "host   : $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r), fuse-overlayfs $FOVL_VER"
+echo "host   : $(machine), fuse-overlayfs $FOVL_VER"
 if [[ $SCRATCH_FS == loop ]]; then
   echo "disk   : written dirs on a fresh ext4 (nodiscard) on $LOOPDEV (direct I/O) over $IMG; lowers and the tar on $(findmnt -no SOURCE,FSTYPE,OPTIONS -T "$CACHE" | cut -c1-60)"
 else

@@ -32,9 +32,11 @@
 # docker-registry for row 4.
 set -euo pipefail
 umask 022
-CMDLINE=$0
-for a in "$@"; do [[ $a =~ ^[][A-Za-z0-9_./,=:+@-]+$ ]] && CMDLINE+=" $a" || CMDLINE+=" $(printf '%q' "$a")"; done
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+CMDLINE=$(cmdline "$@")
 
+# shellcheck disable=SC2317  # called by common_option, in lib.sh
 usage() {
   cat <<'EOF'
 usage: bench/views.sh [options]
@@ -61,19 +63,10 @@ while (($#)); do
     --warmup) WARMUP=$2; shift 2 ;;
     --files) FILES=$2; shift 2 ;;
     --no-registry) REGISTRY=0; shift ;;
-    --wait-quiet) QUIET=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
+    *) common_option "$@"; shift "$OPT_WORDS" ;;
   esac
 done
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "views.sh: -n wants a positive number" >&2; exit 2; }
-
-BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$BENCH")
-
-die() { echo "views.sh: $*" >&2; exit 1; }
-log() { echo "# $*" >&2; }
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || usage_error "-n wants a positive number"
 
 (( EUID == 0 )) || die "needs root: umoci unpack keeps the image's owners"
 for t in go python3 umoci skopeo tar gzip find; do
@@ -85,11 +78,7 @@ if ((REGISTRY)) && ! command -v docker-registry >/dev/null; then
   REGISTRY=0
 fi
 
-if [[ -z $WORK ]]; then
-  WORK=$(mktemp -d /tmp/layerfs-views.XXXXXX)
-else
-  mkdir -p "$WORK"; WORK=$(cd "$WORK" && pwd)
-fi
+make_work /tmp/layerfs-views.XXXXXX
 RUN=$WORK/run
 mkdir -p "$RUN"
 
@@ -105,39 +94,12 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- helpers
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.3f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-div() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0) ? a/b : 0}'; }
-mb() { awk -v a="$1" 'BEGIN {printf "%.1f MB", a/1e6}'; }
-# start/stop around a timed command: stop prints "WALL CPU", CPU being the
-# user+sys seconds of the children waited for in between (bash's `times`)
-start() { times >"$RUN/times.0"; T0=$EPOCHREALTIME; }
-stop() {
-  local t1=$EPOCHREALTIME
-  times >"$RUN/times.1"
-  awk -v a="$T0" -v b="$t1" 'function s(x, m) {sub(/s$/, "", x); split(x, m, "m"); return m[1] * 60 + m[2]}
-    FNR == 2 {c[++n] = s($1) + s($2)} END {printf "%.3f %.3f\n", b - a, c[2] - c[1]}' "$RUN/times.0" "$RUN/times.1"
-}
-cpu_busy() {
-  local a b
-  a=$(head -1 /proc/stat); sleep 3; b=$(head -1 /proc/stat)
-  echo "$a $b" | awk '{for (i = 2; i <= 9; i++) {t0 += $i; t1 += $(i + 11)}
-    id0 = $5 + $6; id1 = $16 + $17; printf "%.0f", 100 * (1 - (id1 - id0) / (t1 - t0 + 1e-9))}'
-}
-wait_quiet() {  # MAXSECONDS
-  local t0=$SECONDS b
-  while b=$(cpu_busy); ((b >= 10)); do
-    if ((SECONDS - t0 >= $1)); then log "CPUs still ${b}% busy after $1 s; measuring anyway"; return; fi
-    log "CPUs ${b}% busy with other work; waiting"
-    sleep 7
-  done
-}
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # ---------------------------------------------------------------- tools
 
 LAYERFS=$WORK/layerfs
-log "building layerfs from $REPO"
-(cd "$REPO" && go build -o "$LAYERFS" ./cmd/layerfs) || die "go build ./cmd/layerfs failed"
+build_layerfs "$LAYERFS"
 
 GGCR=$(cd "$REPO" && go list -m -f '{{.Version}}' github.com/google/go-containerregistry) || die "go-containerregistry is not in go.mod"
 CRANE=$WORK/crane-$GGCR
@@ -267,7 +229,7 @@ echo "## layerfs ls -l -R vs umoci unpack + find vs crane export | tar -t"
 echo
 echo "command: $CMDLINE (layerfs at $git_rev$dirty), $(date -u +%Y-%m-%d)"
 echo "work dir: $WORK on $(findmnt -no FSTYPE -T "$WORK") ($(findmnt -no OPTIONS -T "$WORK" | grep -o discard || echo nodiscard))"
-echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, Linux $(uname -r)"
+echo "machine: $(machine)"
 echo "tools: $(go version | cut -d' ' -f3), $(umoci --version), crane $GGCR, $(skopeo --version), $(tar --version | head -1)"
 echo "CPUs ${load_before}% busy just before the runs, ${load_after}% just after"
 echo
