@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -139,6 +140,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if o, err := u.Lookup(""); err == nil {
 		fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{ino: 1})
 	}
+	closeOnExec()
 	return &Server{Server: srv, Mountpoint: mountpoint, keep: keep}, nil
 }
 
@@ -215,4 +217,22 @@ func bytesTrim(b []byte) string {
 		b = b[:len(b)-1]
 	}
 	return string(b)
+}
+
+// closeOnExec marks every descriptor of the process close-on-exec. go-fuse
+// opens /dev/fuse without it, and a process this one starts (a build's
+// install command) would inherit the connection: killed, the daemon would
+// then leave a mount that never dies, with that process waiting on it
+// forever. Files passed on purpose (exec.Cmd.ExtraFiles) are dup'ed for
+// the child and unaffected.
+func closeOnExec() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
 }

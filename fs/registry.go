@@ -205,9 +205,22 @@ func pidAlive(pid int) bool {
 
 // answers reports whether a mount's daemon serves it. statfs always
 // reaches the daemon (attributes may be cached); a dead one gives ENOTCONN.
+//
+// A daemon that is alive but stuck never answers; after a while the mount
+// counts as alive (it is not known dead), so that one stuck mount cannot
+// hang every build's sweep. The statfs left waiting ends with the mount.
 func answers(mountpoint string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(mountpoint, &st) != unix.ENOTCONN
+	done := make(chan error, 1)
+	go func() {
+		var st unix.Statfs_t
+		done <- unix.Statfs(mountpoint, &st)
+	}()
+	select {
+	case err := <-done:
+		return err != unix.ENOTCONN
+	case <-time.After(2 * time.Second):
+		return true
+	}
 }
 
 // Find returns the layerfs mount at mountpoint.

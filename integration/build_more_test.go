@@ -267,6 +267,12 @@ func TestBuildAndCommitToArchives(t *testing.T) {
 	mustRun(t, "", layerfsBin, "commit", "--upper", up, "--base", "oci:"+f.dir+"/o:app", "--image", "oci-archive:"+f.dir+"/app.oci.tar:next")
 	// Appending to the archive (no --base) adds one more layer.
 	mustRun(t, "", layerfsBin, "commit", "--upper", up, "--image", "oci-archive:"+f.dir+"/app.oci.tar:next")
+	// A commit to an archive that does not exist yet starts the image.
+	mustRun(t, "", layerfsBin, "commit", "--upper", up, "--image", "docker-archive:"+f.dir+"/new.tar:test/new:v1")
+	mustRun(t, "", layerfsBin, "copy", "docker-archive:"+f.dir+"/new.tar", "oci:"+f.dir+"/new:new")
+	if d, _ := imageLayers(t, f.dir+"/new", "new"); len(d) != 1 {
+		t.Errorf("a commit to a new archive gave %d layers, want 1", len(d))
+	}
 	mustRun(t, "", layerfsBin, "copy", "oci-archive:"+f.dir+"/app.oci.tar:next", "oci:"+f.dir+"/next:next")
 	if d, _ := imageLayers(t, f.dir+"/next", "next"); len(d) != 5 {
 		t.Errorf("after two commits to the archive it has %d layers, want 3+2", len(d))

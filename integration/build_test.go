@@ -26,6 +26,9 @@ import (
 // already installed in a lower layer is not installed again.
 const tinypkg = `#!/bin/sh
 set -eu
+# The mount's connection must never leak into the install: a killed build
+# would leave this process waiting on its mount forever.
+if ls -l /proc/$$/fd/ | grep -q /dev/fuse; then echo "tinypkg: /dev/fuse is open in the install" >&2; exit 9; fi
 db="$LAYERFS_ROOT/var/lib/tinypkg"
 mkdir -p "$db"
 for p in $LAYERFS_PACKAGES; do

@@ -319,6 +319,15 @@ func TestRegistryCommitAndBuild(t *testing.T) {
 		t.Errorf("the registry image has %d layers, want the base's 1 and 2 commits", len(got.Layers))
 	}
 
+	// A commit to a repository that does not exist yet starts the image.
+	fresh := reg.ref("test/fresh:v1")
+	if code, _, stderr := regRun(t, env, "commit", "--upper", up, "--image", fresh, "--insecure"); code != 0 {
+		t.Fatalf("commit to a new registry repository: exit %d\n%s", code, stderr)
+	}
+	if code, out, stderr := regRun(t, env, "inspect", fresh, "--insecure", "--json", "--no-count"); code != 0 || strings.Count(out, `"diff_id"`) != 1 {
+		t.Errorf("the new registry image: exit %d, want 1 layer:\n%s%s", code, out, stderr)
+	}
+
 	f := newBuildFixture(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -41,6 +41,8 @@ type CommitOptions struct {
 	History string
 	// Insecure allows plain HTTP to registries of Base and Image.
 	Insecure bool
+	// appending: Base is the image being replaced, not a base image.
+	appending bool
 }
 
 // CommitResult describes a committed layer and the image it now tops.
@@ -168,7 +170,7 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 	}
 	manifest.SchemaVersion = 2
 	manifest.MediaType = v1.MediaTypeImageManifest
-	if opts.Base != nil && parent != nil {
+	if opts.Base != nil && parent != nil && !opts.appending {
 		// The base's name only where it names something portable: a local
 		// path would make the manifest depend on where the build ran.
 		manifest.Annotations = map[string]string{v1.AnnotationBaseImageDigest: parent.ManifestDesc.Digest.String()}
@@ -280,8 +282,27 @@ func commitElsewhere(ctx context.Context, opts CommitOptions) (res CommitResult,
 	}
 	defer os.RemoveAll(tmp)
 	if opts.Base == nil {
-		base := dst
-		opts.Base = &base
+		// The image there is the parent, as an existing tag is for a
+		// layout; where there is none yet, the commit starts one.
+		exists := true
+		switch dst.Transport {
+		case TransportOCIArchive, TransportDockerArchive:
+			_, serr := os.Stat(dst.Path)
+			exists = !errors.Is(serr, fs.ErrNotExist)
+		case TransportDocker:
+			img, oerr := Open(ctx, dst, OpenOptions{Insecure: opts.Insecure})
+			if errors.Is(oerr, ErrNotFound) {
+				exists = false
+			} else if oerr != nil {
+				return res, oerr
+			} else {
+				img.Close()
+			}
+		}
+		if exists {
+			base := dst
+			opts.Base, opts.appending = &base, true
+		}
 	}
 	opts.Image = Reference{Transport: TransportOCI, Path: filepath.Join(tmp, "layout"), Tag: "commit"}
 	if res, err = Commit(ctx, opts); err != nil {

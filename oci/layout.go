@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/internal/durable"
+	"github.com/layerfs/layerfs/internal/inputerr"
 )
 
 // Layout is an OCI image layout directory open for writing.
@@ -151,6 +152,9 @@ func (l *Layout) PutBlob(mediaType string, data []byte) (v1.Descriptor, error) {
 // hardlink when src names a file on the same filesystem, else by a copy
 // whose digest is verified.
 func (l *Layout) CopyBlob(d digest.Digest, src string, open func() (io.ReadCloser, error)) error {
+	if err := d.Validate(); err != nil {
+		return inputerr.New("blob %q: %v", d, err)
+	}
 	if l.HasBlob(d) {
 		return nil
 	}

@@ -321,6 +321,9 @@ func pullImage(c *registryClient, ref Reference, opts OpenOptions) (*Image, erro
 		if err := b.Digest.Validate(); err != nil {
 			return nil, inputerr.New("%s: manifest %s lists blob %q: %v", ref, desc.Digest, b.Digest, err)
 		}
+		if b.Size < 0 {
+			return nil, inputerr.New("%s: manifest %s lists blob %s with size %d", ref, desc.Digest, b.Digest, b.Size)
+		}
 		c.sizes[b.Digest] = b.Size
 	}
 	if img.Manifest.Config.Size > maxManifestSize {
@@ -330,7 +333,7 @@ func pullImage(c *registryClient, ref Reference, opts OpenOptions) (*Image, erro
 	if err != nil {
 		return nil, err
 	}
-	img.RawConfig, err = io.ReadAll(r)
+	img.RawConfig, err = io.ReadAll(io.LimitReader(r, maxManifestSize+1))
 	r.Close()
 	if err != nil {
 		return nil, err

@@ -304,7 +304,7 @@ func statusError(ref Reference, host string, creds credentials, e *transport.Err
 		}
 		codes = append(codes, diag)
 		if d.Code == transport.NameUnknownErrorCode && e.StatusCode == http.StatusNotFound {
-			return inputerr.New("%s: registry %s has no such repository (%s)", ref, host, oneLine(diag))
+			return inputerr.Wrap(notFound{fmt.Errorf("%s: registry %s has no such repository (%s)", ref, host, oneLine(diag))})
 		}
 	}
 	if len(codes) > 0 {
@@ -326,12 +326,21 @@ func statusError(ref Reference, host string, creds credentials, e *transport.Err
 		}
 		return inputerr.New("%s: registry %s denied access %s (%s)", ref, host, from, what)
 	case code == http.StatusNotFound:
-		return inputerr.New("%s: not found in registry %s (%s)", ref, host, what)
+		return inputerr.Wrap(notFound{fmt.Errorf("%s: not found in registry %s (%s)", ref, host, what)})
 	case code == http.StatusRequestTimeout, code == http.StatusTooManyRequests, code >= 500:
 		return fmt.Errorf("%s: registry %s failed (%s)", ref, host, what)
 	}
 	return inputerr.New("%s: registry %s refused the request (%s)", ref, host, what)
 }
+
+// ErrNotFound is what a registry's "no such repository, tag or
+// manifest" is (errors.Is): a commit to a new registry image starts it.
+var ErrNotFound = errors.New("not found in the registry")
+
+type notFound struct{ error }
+
+func (e notFound) Unwrap() error      { return e.error }
+func (notFound) Is(target error) bool { return target == ErrNotFound }
 
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")

@@ -95,6 +95,9 @@ func (s *archiveSource) readFile(name string) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: no %s in archive: %w", s.f.Name(), name, fs.ErrNotExist)
 	}
+	if r.Size() > 64<<20 {
+		return nil, fmt.Errorf("%s: %s: %d bytes is too large for JSON", s.f.Name(), name, r.Size())
+	}
 	return io.ReadAll(io.NewSectionReader(r, 0, r.Size()))
 }
 
@@ -254,6 +257,13 @@ func resolve(ref Reference, src blobSource, idx *v1.Index, platform *v1.Platform
 		if err := json.Unmarshal(data, &img.Manifest); err != nil {
 			return nil, inputerr.New("%s: manifest %s: %v", ref, desc.Digest, err)
 		}
+		// Blob digests name files: a malformed one ("sha256:../x") must
+		// never reach a path.
+		for _, b := range append([]v1.Descriptor{img.Manifest.Config}, img.Manifest.Layers...) {
+			if err := b.Digest.Validate(); err != nil || b.Size < 0 {
+				return nil, inputerr.New("%s: manifest %s lists a bad blob %q (size %d)", ref, desc.Digest, b.Digest, b.Size)
+			}
+		}
 		if img.RawConfig, err = readBlob(src, img.Manifest.Config); err != nil {
 			return nil, inputerr.Wrap(fmt.Errorf("%s: config: %w", ref, err))
 		}
@@ -346,6 +356,9 @@ func ParsePlatform(s string) (*v1.Platform, error) {
 
 // readBlob reads a small blob whole and checks it against its descriptor.
 func readBlob(src blobSource, desc v1.Descriptor) ([]byte, error) {
+	if err := desc.Digest.Validate(); err != nil {
+		return nil, fmt.Errorf("blob %q: %v", desc.Digest, err)
+	}
 	if desc.Size > 64<<20 {
 		return nil, fmt.Errorf("blob %s: %d bytes is too large for JSON", desc.Digest, desc.Size)
 	}
