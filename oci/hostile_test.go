@@ -141,19 +141,7 @@ func openTempDir(t *testing.T) string {
 // keeps it in a 0700 directory).
 func helperBinary(t *testing.T) string {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(openTempDir(t), "apply-helper.test")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return bin
+	return testutil.CopyTestBinary(t, openTempDir(t))
 }
 
 // escapeSnapshot records everything about a tree that an escape could change:

@@ -47,19 +47,7 @@ func connectHelper(addrs []string) int {
 // it lies under /tmp, which the sandbox covers with its tmpfs.
 func helperBinary(t *testing.T) string {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(hostDir(t), "helper")
-	if err := os.WriteFile(p, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testutil.CopyTestBinary(t, hostDir(t))
 }
 
 // hangGuard bounds every run: a Run that hangs fails as a cancelled

@@ -123,3 +123,23 @@ func (tr Tree) Mknod(p string, mode uint32, major, minor uint32) Tree {
 	tr.check(unix.Fchmodat(unix.AT_FDCWD, full, mode&07777, 0)) // past the umask
 	return tr
 }
+
+// CopyTestBinary copies the running test binary into dir, executable by
+// anyone, and returns its path: go test keeps it in a 0700 directory that
+// another user, or a sandbox covering /tmp, cannot reach.
+func CopyTestBinary(t testing.TB, dir string) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, filepath.Base(exe))
+	if err := os.WriteFile(p, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
