@@ -276,11 +276,6 @@ func removeStaleLayouts(dir string) {
 // it appends to, as for a layout.
 func commitElsewhere(ctx context.Context, opts CommitOptions) (res CommitResult, err error) {
 	dst := opts.Image
-	tmp, err := os.MkdirTemp("", "layerfs-commit-")
-	if err != nil {
-		return res, err
-	}
-	defer os.RemoveAll(tmp)
 	if opts.Base == nil {
 		// The image there is the parent, as an existing tag is for a
 		// layout; where there is none yet, the commit starts one.
@@ -304,18 +299,15 @@ func commitElsewhere(ctx context.Context, opts CommitOptions) (res CommitResult,
 			opts.Base, opts.appending = &base, true
 		}
 	}
-	opts.Image = Reference{Transport: TransportOCI, Path: filepath.Join(tmp, "layout"), Tag: "commit"}
-	if res, err = Commit(ctx, opts); err != nil {
-		return res, err
-	}
-	img, err := OpenImage(opts.Image)
+	mdesc, err := viaLayout(ctx, dst, opts.Insecure, func(tmp Reference) error {
+		opts.Image = tmp
+		res, err = Commit(ctx, opts)
+		return err
+	})
 	if err != nil {
 		return res, err
 	}
-	defer img.Close()
-	if res.Manifest, err = WriteTo(ctx, img, dst, CopyOptions{OpenOptions: OpenOptions{Insecure: opts.Insecure}}); err != nil {
-		return res, err
-	}
+	res.Manifest = mdesc
 	res.Image = dst
 	return res, nil
 }

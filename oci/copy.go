@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -72,4 +74,25 @@ func writeLayoutImage(ctx context.Context, img *Image, dst Reference) (mdesc v1.
 		return mdesc, err
 	}
 	return mdesc, nil
+}
+
+// viaLayout writes an image that make builds in a temporary oci: layout to
+// dst, any transport, whole: the writers that build images only need to
+// know layouts.
+func viaLayout(ctx context.Context, dst Reference, insecure bool, make func(tmp Reference) error) (v1.Descriptor, error) {
+	dir, err := os.MkdirTemp("", "layerfs-image-")
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := Reference{Transport: TransportOCI, Path: filepath.Join(dir, "layout"), Tag: "image"}
+	if err := make(tmp); err != nil {
+		return v1.Descriptor{}, err
+	}
+	img, err := OpenImage(tmp)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	defer img.Close()
+	return WriteTo(ctx, img, dst, CopyOptions{OpenOptions: OpenOptions{Insecure: insecure}})
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"time"
 
@@ -52,22 +51,11 @@ func WriteImage(ctx context.Context, opts WriteImageOptions) (mdesc v1.Descripto
 	}
 	out := opts.Image
 	if out.Transport != TransportOCI {
-		// Made in a temporary layout, then written there whole.
-		tmp, err := os.MkdirTemp("", "layerfs-image-")
-		if err != nil {
-			return mdesc, err
-		}
-		defer os.RemoveAll(tmp)
-		opts.Image = Reference{Transport: TransportOCI, Path: filepath.Join(tmp, "layout"), Tag: "image"}
-		if _, err := WriteImage(ctx, opts); err != nil {
-			return mdesc, err
-		}
-		img, err := OpenImage(opts.Image)
-		if err != nil {
-			return mdesc, err
-		}
-		defer img.Close()
-		return WriteTo(ctx, img, out, CopyOptions{OpenOptions: OpenOptions{Insecure: opts.Insecure}})
+		return viaLayout(ctx, out, opts.Insecure, func(tmp Reference) error {
+			opts.Image = tmp
+			_, err := WriteImage(ctx, opts)
+			return err
+		})
 	}
 	if out.Tag == "" {
 		out.Tag = "latest"
