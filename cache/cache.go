@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -116,6 +118,12 @@ func ShortKey(key string) string {
 
 // checkKey accepts a key as the layers package makes them: the 64 lower
 // hex digits of a sha256 (for base layers, their diff_id's).
+// KeyOf is the key of canonical key inputs: their sha256, in hex.
+func KeyOf(inputs []byte) string {
+	sum := sha256.Sum256(inputs)
+	return hex.EncodeToString(sum[:])
+}
+
 func checkKey(key string) error {
 	if len(key) != 64 || !isHex(key) {
 		return fmt.Errorf("cache key %q: want 64 lowercase hex digits", key)

@@ -31,13 +31,18 @@ type Info struct {
 	// Inputs holds every other key input by name: install command, arch,
 	// compression, mode, exclude, source_date_epoch, tar rules, content
 	// hash, ...
-	Inputs    map[string]string `json:"inputs,omitempty"`
-	Machine   string            `json:"machine,omitempty"`
-	DiffID    digest.Digest     `json:"diff_id"`
-	Digest    digest.Digest     `json:"digest"` // of the blob
-	MediaType string            `json:"media_type,omitempty"`
-	Size      int64             `json:"size"`    // of the blob
-	Created   time.Time         `json:"created"` // set by Insert when zero
+	Inputs  map[string]string `json:"inputs,omitempty"`
+	Machine string            `json:"machine,omitempty"`
+	// KeyInputs is the canonical JSON whose sha256 is Key, for a layer
+	// built from a spec ("" for base-image layers, keyed by diff_id): the
+	// shared tier's artifact carries it as its config, and a host that
+	// pulls an entry checks it against its own.
+	KeyInputs json.RawMessage `json:"key_inputs,omitempty"`
+	DiffID    digest.Digest   `json:"diff_id"`
+	Digest    digest.Digest   `json:"digest"` // of the blob
+	MediaType string          `json:"media_type,omitempty"`
+	Size      int64           `json:"size"`    // of the blob
+	Created   time.Time       `json:"created"` // set by Insert when zero
 	// Tree is TreeDigest of rootfs/ at insert time, set by Insert.
 	Tree digest.Digest `json:"tree"`
 	// TreeTrusted records that Tree covers trusted.* xattrs (overlay

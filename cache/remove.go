@@ -126,6 +126,16 @@ func (c *Cache) Remove(keyOrPrefix string, inUse func(entryDir string) bool) ([]
 	return []*Entry{m}, nil
 }
 
+// Find returns the entry named by its dir name, its full key, or a key
+// prefix of at least 4 hex digits, as Remove takes them.
+func (c *Cache) Find(keyOrPrefix string) (*Entry, error) {
+	ents, err := c.list(context.Background(), false)
+	if err != nil {
+		return nil, err
+	}
+	return match(ents, keyOrPrefix)
+}
+
 func match(ents []*Entry, arg string) (*Entry, error) {
 	var found []*Entry
 	if _, _, ok := splitEntryName(arg); ok {

@@ -207,6 +207,9 @@ func (c *Cache) Insert(ctx context.Context, t *Temp, info Info) (*Entry, error) 
 	if err := info.DiffID.Validate(); err != nil {
 		return fail(fmt.Errorf("diff_id: %w", err))
 	}
+	if len(info.KeyInputs) > 0 && KeyOf(info.KeyInputs) != info.Key {
+		return fail(fmt.Errorf("key %s is not the sha256 of its key inputs", info.Key))
+	}
 	if err := removeAll(t.Work()); err != nil {
 		return fail(err)
 	}

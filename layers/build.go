@@ -9,12 +9,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/layerfs/layerfs/cache"
+	"github.com/layerfs/layerfs/cache/remote"
 	"github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/sandbox"
 	"github.com/layerfs/layerfs/oci"
@@ -39,6 +41,11 @@ type Options struct {
 	// Strict and Insecure are for a base image in a registry: a pull by
 	// tag is an error, plain HTTP is allowed.
 	Strict, Insecure bool
+	// CacheFrom are the shared tiers asked, in order, on a local miss;
+	// CacheTo gets every layer of the build it lacks. Either may be
+	// empty. A tier that fails is warned about and left out.
+	CacheFrom []*remote.Tier
+	CacheTo   *remote.Tier
 }
 
 // LayerReport says what happened to one layer.
@@ -53,6 +60,13 @@ type LayerReport struct {
 	Install  Seconds       `json:"install_seconds"`
 	Commit   Seconds       `json:"commit_seconds"`
 	Packages []string      `json:"packages,omitempty"`
+	// Remote is the shared tier a remote hit came from.
+	Remote string `json:"remote,omitempty"`
+	// Downloaded and Uploaded count the bytes moved to and from the
+	// shared tiers for this layer; Pushed says it went to --cache-to.
+	Downloaded int64 `json:"downloaded,omitempty"`
+	Uploaded   int64 `json:"uploaded,omitempty"`
+	Pushed     bool  `json:"pushed,omitempty"`
 }
 
 // Seconds is a duration that marshals as seconds.
@@ -71,6 +85,11 @@ type Result struct {
 	Layers []LayerReport `json:"layers"`
 	Hits   int           `json:"hits"`
 	Misses int           `json:"misses"`
+	// RemoteHits counts the hits that came from a shared tier; they are
+	// among Hits.
+	RemoteHits int   `json:"remote_hits"`
+	Downloaded int64 `json:"downloaded"`
+	Uploaded   int64 `json:"uploaded"`
 }
 
 type builder struct {
@@ -79,6 +98,9 @@ type builder struct {
 	keys    *keyer
 	lowers  []string // layer dirs of the stack so far, base first
 	release []func()
+	tiers   *tiers
+	// repMu guards the reports that pushes in the background update.
+	repMu sync.Mutex
 }
 
 // Build builds the spec's image: every layer is found in the cache or
@@ -97,8 +119,15 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	if opts.Warn == nil {
 		opts.Warn = func(string) {}
 	}
+	// Pushes log from their own goroutine.
+	opts.Log = &lockedWriter{w: opts.Log}
 	b := &builder{opts: opts, spec: s}
+	b.tiers = newTiers(opts.CacheFrom, opts.CacheTo, opts.Warn, func(format string, args ...any) {
+		fmt.Fprintf(opts.Log, format, args...)
+	})
 	defer func() {
+		// A push reads its entry's blob: entries are released after.
+		b.tiers.wait()
 		for _, r := range b.release {
 			r()
 		}
@@ -145,24 +174,29 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	}
 
 	var entries []*cache.Entry
-	var reps []LayerReport
+	// Reports are allocated up front: pushes update them by pointer.
+	n := len(s.Layers)
 	if s.mode() == ModeSingle {
-		e, rep, err := b.single(ctx, parent)
+		n = 1
+	}
+	reps := make([]LayerReport, n)
+	if s.mode() == ModeSingle {
+		e, err := b.single(ctx, parent, &reps[0])
 		if err != nil {
 			return nil, err
 		}
-		entries, reps = append(entries, e), append(reps, rep)
+		entries = append(entries, e)
 	} else {
-		for _, l := range s.Layers {
+		for i, l := range s.Layers {
 			in, err := b.keys.layer(ctx, parent, l)
 			if err != nil {
 				return nil, err
 			}
-			e, rep, err := b.layer(ctx, in, []Layer{l})
+			e, err := b.layer(ctx, in, []Layer{l}, &reps[i])
 			if err != nil {
 				return nil, err
 			}
-			entries, reps = append(entries, e), append(reps, rep)
+			entries = append(entries, e)
 			b.push(e)
 			parent = e.Info.Key
 		}
@@ -173,8 +207,10 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		} else {
 			res.Misses++
 		}
+		if r.Remote != "" {
+			res.RemoteHits++
+		}
 	}
-	res.Layers = reps
 	fmt.Fprintf(opts.Log, "OCI: Pre-installed packages for %d layers (cache: %d hits, %d misses)\n", len(reps), res.Hits, res.Misses)
 
 	wo := oci.WriteImageOptions{Image: out, Base: base, BaseRef: baseRef, Config: s.Config.changes(s), Insecure: opts.Insecure}
@@ -199,7 +235,25 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		return nil, fmt.Errorf("write %s: %w", s.Image, err)
 	}
 	res.Manifest = mdesc.Digest
+	b.tiers.wait()
+	res.Layers = reps
+	for _, r := range reps {
+		res.Downloaded += r.Downloaded
+		res.Uploaded += r.Uploaded
+	}
 	return res, nil
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // createdBy names the layer and its content in the image's history.
@@ -232,51 +286,70 @@ func (b *builder) push(e *cache.Entry) {
 	b.lowers = append(b.lowers, e.Rootfs())
 }
 
-// lookupOrMake returns the entry of key, making it with make on a miss,
-// held in use (see cache.Entry.Use) until the build ends so that a prune
-// leaves it alone while this build mounts it and links its blob. The
-// key's lock makes concurrent builds of one key wait for the first to
-// finish and then find its entry, so that the work runs once; it is held
-// until the entry is in use, which closes the gap a prune could use.
-func (b *builder) lookupOrMake(ctx context.Context, key, name string, make func(t *cache.Temp) (cache.Info, error)) (*cache.Entry, bool, error) {
+// maker makes an entry's content in a temp entry and returns its info.
+// errNextMaker says it could not (a shared tier lacks the key): the next
+// maker gets a fresh temp.
+type maker func(t *cache.Temp) (cache.Info, error)
+
+var errNextMaker = errors.New("not made here")
+
+// lookupOrMake returns the entry of key, made on a miss by the first of
+// makers that can, and which made it (-1: it was in the cache). The
+// entry is held in use (see cache.Entry.Use) until the build ends, so
+// that a prune leaves it alone while this build mounts it and links its
+// blob. The key's lock makes concurrent builds of one key wait for the
+// first to finish and then find its entry, so that the work runs once;
+// it is held until the entry is in use, which closes the gap a prune
+// could use.
+func (b *builder) lookupOrMake(ctx context.Context, key, name string, makers ...maker) (*cache.Entry, int, error) {
 	c := b.opts.Cache
 	unlock, err := c.Lock(ctx, key)
 	if err != nil {
-		return nil, false, err
+		return nil, 0, err
 	}
 	defer unlock()
 	e, err := c.Lookup(key, name)
 	if err != nil {
-		return nil, false, err
+		return nil, 0, err
 	}
-	hit := e != nil
-	if hit {
+	made := -1
+	if e != nil {
 		// A blob that lost bytes would be linked into the image under its
 		// digest's name, where later writes take it as present.
 		if st, err := os.Stat(e.Blob()); err != nil || st.Size() != e.Info.Size {
-			return nil, false, fmt.Errorf("cache entry %s: blob is damaged (run layerfs cache verify)", e.Dir)
+			return nil, 0, fmt.Errorf("cache entry %s: blob is damaged (run layerfs cache verify)", e.Dir)
 		}
 	} else {
-		t, err := c.NewTemp(name)
-		if err != nil {
-			return nil, false, err
+		for made = range makers {
+			t, err := c.NewTemp(name)
+			if err != nil {
+				return nil, 0, err
+			}
+			info, err := makers[made](t)
+			if errors.Is(err, errNextMaker) {
+				t.Abort()
+				continue
+			}
+			if err != nil {
+				t.Abort()
+				return nil, 0, err
+			}
+			if e, err = c.Insert(ctx, t, info); err != nil {
+				t.Abort()
+				return nil, 0, err
+			}
+			break
 		}
-		info, err := make(t)
-		if err != nil {
-			t.Abort()
-			return nil, false, err
-		}
-		if e, err = c.Insert(ctx, t, info); err != nil {
-			t.Abort()
-			return nil, false, err
+		if e == nil {
+			return nil, 0, fmt.Errorf("cache entry %s-%s: no maker made it", cache.ShortKey(key), name)
 		}
 	}
 	release, err := e.Use()
 	if err != nil {
-		return nil, false, fmt.Errorf("cache entry %s: %w", e.Dir, err)
+		return nil, 0, fmt.Errorf("cache entry %s: %w", e.Dir, err)
 	}
 	b.release = append(b.release, release)
-	return e, hit, nil
+	return e, made, nil
 }
 
 // baseLayer finds layer i of the base image in the cache, keyed by its
@@ -286,7 +359,7 @@ func (b *builder) baseLayer(ctx context.Context, img *oci.Image, i int) (*cache.
 	diffID := img.Config.RootFS.DiffIDs[i]
 	key := baseKey(diffID)
 	rep := LayerReport{Name: "base", Type: "base", Key: key, DiffID: diffID, Digest: desc.Digest, Size: desc.Size}
-	e, hit, err := b.lookupOrMake(ctx, key, "base", func(t *cache.Temp) (cache.Info, error) {
+	e, made, err := b.lookupOrMake(ctx, key, "base", func(t *cache.Temp) (cache.Info, error) {
 		info := cache.Info{Key: key, Name: "base", Type: "base", DiffID: diffID, Digest: desc.Digest,
 			MediaType: desc.MediaType, Size: desc.Size, Created: b.now(), Machine: b.spec.Machine,
 			Inputs: map[string]string{"image": img.Ref.String(), "layer": strconv.Itoa(i)}}
@@ -298,7 +371,7 @@ func (b *builder) baseLayer(ctx context.Context, img *oci.Image, i int) (*cache.
 		}
 		return info, nil
 	})
-	rep.Hit = hit
+	rep.Hit = made < 0
 	return e, rep, err
 }
 
@@ -337,27 +410,32 @@ func (b *builder) now() time.Time {
 }
 
 // single folds every layer of the spec into one, as OCI_LAYER_MODE=single.
-func (b *builder) single(ctx context.Context, parent string) (*cache.Entry, LayerReport, error) {
+func (b *builder) single(ctx context.Context, parent string, rep *LayerReport) (*cache.Entry, error) {
 	in := b.keys.common(parent, Layer{Name: ModeSingle, Type: ModeSingle})
 	for _, l := range b.spec.Layers {
 		p, err := b.keys.layer(ctx, "", l)
 		if err != nil {
-			return nil, LayerReport{}, err
+			return nil, err
 		}
 		in.Parts = append(in.Parts, p)
 	}
-	return b.layer(ctx, in, b.spec.Layers)
+	return b.layer(ctx, in, b.spec.Layers, rep)
 }
 
-// layer finds or builds one layer made of the steps of ls.
-func (b *builder) layer(ctx context.Context, in inputs, ls []Layer) (*cache.Entry, LayerReport, error) {
+// layer finds one layer made of the steps of ls: in the local cache, in
+// a shared tier, or by building it.
+func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerReport) (*cache.Entry, error) {
 	key := in.key()
-	rep := LayerReport{Name: in.Name, Type: in.Type, Key: key, Packages: in.Packages}
+	*rep = LayerReport{Name: in.Name, Type: in.Type, Key: key, Packages: in.Packages}
 	var install, commit time.Duration
-	e, hit, err := b.lookupOrMake(ctx, key, in.Name, func(t *cache.Temp) (cache.Info, error) {
+	info := func() cache.Info { return entryInfo(&in, key, b.now()) }
+	var makers []maker
+	for _, t := range b.tiers.from {
+		makers = append(makers, b.tiers.fetch(ctx, t, &in, key, info, rep))
+	}
+	makers = append(makers, func(t *cache.Temp) (cache.Info, error) {
 		fmt.Fprintf(b.opts.Log, "OCI Cache MISS: Layer '%s' (%s)\n", in.Name, in.summary())
-		info := cache.Info{Key: key, Parent: in.Parent, Name: in.Name, Type: in.Type,
-			Packages: in.Packages, Versions: in.Versions, Inputs: in.fields(), Machine: in.Machine, Created: b.now()}
+		info := info()
 		start := time.Now()
 		if err := b.run(ctx, t, ls); err != nil {
 			return info, err
@@ -379,15 +457,20 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer) (*cache.Entr
 		fmt.Fprintf(b.opts.Log, "OCI Cache: Saving layer '%s' to cache (%s)\n", in.Name, key[:16])
 		return info, nil
 	})
+	e, made, err := b.lookupOrMake(ctx, key, in.Name, makers...)
 	if err != nil {
-		return nil, rep, err
+		return nil, err
 	}
-	if hit {
+	switch {
+	case made < 0:
 		fmt.Fprintf(b.opts.Log, "OCI Cache HIT: Layer '%s' (%s)\n", in.Name, key[:16])
+	case made < len(makers)-1:
+		fmt.Fprintf(b.opts.Log, "OCI Cache HIT (remote): Layer '%s' (%s)\n", in.Name, key[:16])
 	}
-	rep.Hit, rep.Install, rep.Commit = hit, Seconds(install), Seconds(commit)
+	rep.Hit, rep.Install, rep.Commit = made < len(makers)-1, Seconds(install), Seconds(commit)
 	rep.Digest, rep.DiffID, rep.Size = e.Info.Digest, e.Info.DiffID, e.Info.Size
-	return e, rep, nil
+	b.tiers.push(ctx, e, rep, &b.repMu)
+	return e, nil
 }
 
 // run mounts the stack with the temp entry's empty rootfs as the upper

@@ -22,6 +22,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/cache"
 	"github.com/layerfs/layerfs/oci"
 	"github.com/layerfs/layerfs/overlay"
 )
@@ -70,13 +71,16 @@ type inputs struct {
 	Parts []inputs `json:"parts,omitempty"`
 }
 
-func (in *inputs) key() string {
+func (in *inputs) key() string { return cache.KeyOf(in.canonical()) }
+
+// canonical is the JSON the key hashes: struct fields in order, map keys
+// sorted, no spaces.
+func (in *inputs) canonical() []byte {
 	data, err := json.Marshal(in)
 	if err != nil {
 		panic(err) // plain strings and maps always marshal
 	}
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
+	return data
 }
 
 // fields lists the inputs by name, as cache entries record them and

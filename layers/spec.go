@@ -59,6 +59,9 @@ type Spec struct {
 	Versions       map[string]string `yaml:"versions"`
 	Layers         []Layer           `yaml:"layers"`
 	Config         Config            `yaml:"config"`
+	// Cache names the shared tiers: registries asked on a local miss, in
+	// order, and the one that gets what this build makes.
+	Cache CacheTiers `yaml:"cache"`
 
 	// Dir is where the spec lives: relative paths in it are relative to
 	// Dir, and install commands run there.
@@ -76,6 +79,13 @@ type Layer struct {
 	Source   string   `yaml:"source"`
 	Paths    []string `yaml:"paths"`
 	Copy     []string `yaml:"copy"`
+}
+
+// CacheTiers are the registry repositories of the cache's shared tier,
+// docker://HOST/REPO.
+type CacheTiers struct {
+	From []string `yaml:"from"`
+	To   string   `yaml:"to"`
 }
 
 // Config is the image config a spec sets. A nil field inherits from the
@@ -192,6 +202,18 @@ func (s *Spec) Validate() error {
 	if s.Base != "" {
 		if _, err := oci.ParseReference(s.Base); err != nil {
 			return err
+		}
+	}
+	for _, r := range append(slices.Clone(s.Cache.From), s.Cache.To) {
+		if r == "" {
+			continue
+		}
+		ref, err := oci.ParseReference(r)
+		if err != nil {
+			return inputerr.New("%s: cache: %v", where, err)
+		}
+		if ref.Transport != oci.TransportDocker || ref.Tag != "" || ref.Digest != "" {
+			return inputerr.New("%s: cache: %q: a cache tier is a registry repository, docker://HOST/REPO, without a tag", where, r)
 		}
 	}
 	switch s.Mode {

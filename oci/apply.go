@@ -52,6 +52,15 @@ import (
 // errors are also bad input (internal/inputerr).
 var ErrHostile = errors.New("hostile layer")
 
+// ErrDigestMismatch is wrapped by every error about a blob or manifest
+// whose bytes do not match the digest (or size) that names it, and
+// ErrDiffIDMismatch by those about a layer whose tar does not match its
+// diff_id: what was read is not what was asked for.
+var (
+	ErrDigestMismatch = errors.New("content does not match its digest")
+	ErrDiffIDMismatch = errors.New("content does not match its diff_id")
+)
+
 // ApplyOptions control Apply. The zero value is usable.
 type ApplyOptions struct {
 	// MaxSize limits the uncompressed tar bytes read, and separately the

@@ -106,6 +106,11 @@ func dialRegistry(ctx context.Context, ref Reference, insecure bool, env registr
 	if err != nil {
 		return nil, inputerr.New("%s: %v", ref, err)
 	}
+	return dialWith(ctx, ref, repo, rt, creds)
+}
+
+// dialWith authenticates to repo's registry for pulls over rt.
+func dialWith(ctx context.Context, ref Reference, repo name.Repository, rt http.RoundTripper, creds credentials) (*registryClient, error) {
 	// Retry what ggcr's remote package retries: timeouts, rate limits and
 	// server errors, briefly.
 	rt = transport.NewUserAgent(transport.NewRetry(rt, transport.WithRetryStatusCodes(
@@ -147,7 +152,13 @@ func (c *registryClient) url(kind, id string) string {
 }
 
 func (c *registryClient) get(u, accept string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(c.ctx, http.MethodGet, u, nil)
+	return c.do(c.ctx, http.MethodGet, u, accept)
+}
+
+// do sends one request and returns the response of a 200, or the error
+// the registry's answer means.
+func (c *registryClient) do(ctx context.Context, method, u, accept string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +179,11 @@ func (c *registryClient) get(u, accept string) (*http.Response, error) {
 // manifest fetches the manifest id (a tag or a digest). By digest, the
 // bytes must hash to it.
 func (c *registryClient) manifest(id string) (data []byte, mediaType string, err error) {
-	resp, err := c.get(c.url("manifests", id), manifestAccept)
+	return c.manifestCtx(c.ctx, id)
+}
+
+func (c *registryClient) manifestCtx(ctx context.Context, id string) (data []byte, mediaType string, err error) {
+	resp, err := c.do(ctx, http.MethodGet, c.url("manifests", id), manifestAccept)
 	if err != nil {
 		return nil, "", err
 	}
@@ -182,7 +197,7 @@ func (c *registryClient) manifest(id string) (data []byte, mediaType string, err
 	}
 	if want, err := digest.Parse(id); err == nil {
 		if got := want.Algorithm().FromBytes(data); got != want {
-			return nil, "", inputerr.New("%s: manifest %s: content does not match its digest (got %s)", c.ref, want, got)
+			return nil, "", inputerr.New("%s: manifest %s: %w (got %s)", c.ref, want, ErrDigestMismatch, got)
 		}
 	}
 	mediaType, _, _ = strings.Cut(resp.Header.Get("Content-Type"), ";")
@@ -239,11 +254,11 @@ func (v *verifyReader) Read(p []byte) (int, error) {
 	v.dg.Hash().Write(p[:n])
 	switch {
 	case v.size >= 0 && v.n > v.size:
-		v.err = inputerr.New("%s: blob %s: longer than the %d bytes its descriptor says", v.ref, v.want, v.size)
+		v.err = inputerr.New("%s: blob %s: longer than the %d bytes its descriptor says: %w", v.ref, v.want, v.size, ErrDigestMismatch)
 	case err == io.EOF && v.size >= 0 && v.n != v.size:
-		v.err = inputerr.New("%s: blob %s: %d bytes, its descriptor says %d", v.ref, v.want, v.n, v.size)
+		v.err = inputerr.New("%s: blob %s: %d bytes, its descriptor says %d: %w", v.ref, v.want, v.n, v.size, ErrDigestMismatch)
 	case err == io.EOF && v.dg.Digest() != v.want:
-		v.err = inputerr.New("%s: blob %s: content does not match its digest (got %s)", v.ref, v.want, v.dg.Digest())
+		v.err = inputerr.New("%s: blob %s: %w (got %s)", v.ref, v.want, ErrDigestMismatch, v.dg.Digest())
 	case err != nil && err != io.EOF:
 		v.err = fmt.Errorf("%s: blob %s: %w", v.ref, v.want, err)
 	default:

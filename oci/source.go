@@ -385,6 +385,22 @@ func (img *Image) OpenLayer(i int) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
+	lr, err := UncompressLayer(r, img.Config.RootFS.DiffIDs[i])
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	return lr, nil
+}
+
+// UncompressLayer reads the layer blob r (gzip, zstd or a plain tar, told
+// by its magic) as the tar whose digest must be diffID. The caller must
+// drain and close it; Close closes r and, after EOF, reports a tar that
+// does not match diffID (wrapping ErrDiffIDMismatch).
+func UncompressLayer(r io.ReadCloser, diffID digest.Digest) (io.ReadCloser, error) {
+	if err := diffID.Validate(); err != nil {
+		r.Close()
+		return nil, inputerr.New("diff_id %q: %v", diffID, err)
+	}
 	br := bufio.NewReaderSize(r, 1<<20)
 	magic, _ := br.Peek(4)
 	var u io.Reader = br
@@ -394,18 +410,18 @@ func (img *Image) OpenLayer(i int) (io.ReadCloser, error) {
 		gz, err := gzip.NewReader(br)
 		if err != nil {
 			r.Close()
-			return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+			return nil, err
 		}
 		u = gz
 	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 		zr, err := zstd.NewReader(br)
 		if err != nil {
 			r.Close()
-			return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+			return nil, err
 		}
 		u, closeU = zr, zr.Close
 	}
-	return &layerReader{r: u, raw: r, closeU: closeU, want: img.Config.RootFS.DiffIDs[i], v: img.Config.RootFS.DiffIDs[i].Verifier()}, nil
+	return &layerReader{r: u, raw: r, closeU: closeU, want: diffID, v: diffID.Verifier()}, nil
 }
 
 type layerReader struct {
@@ -432,7 +448,7 @@ func (l *layerReader) Close() error {
 	}
 	l.raw.Close()
 	if l.eof && !l.v.Verified() {
-		return inputerr.New("layer with diff_id %s: content does not match", l.want)
+		return inputerr.New("layer with diff_id %s: %w", l.want, ErrDiffIDMismatch)
 	}
 	return nil
 }

@@ -6,31 +6,38 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/layerfs/layerfs/cache"
+	"github.com/layerfs/layerfs/cache/remote"
 	"github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/layers"
 )
 
 type buildCmd struct {
-	Spec         string   `arg:"" optional:"" placeholder:"SPEC.yaml" help:"Build spec (YAML). Without it, --image and --layer describe the build."`
-	Image        string   `placeholder:"oci:DIR[:TAG]" help:"Output image; overrides the spec's image:. The tag is replaced, other tags stay."`
-	Base         string   `placeholder:"REF" help:"Base image; overrides the spec's base:."`
-	Cache        string   `placeholder:"DIR" help:"Layer cache (default: $XDG_CACHE_HOME/layerfs)."`
-	Layer        []string `sep:"none" placeholder:"NAME:TYPE:A+B" help:"A layer in the Yocto OCI_LAYERS form (repeatable); replaces the spec's layers:. For host layers each item is SRC:DST."`
-	Rootfs       string   `placeholder:"DIR" help:"Source rootfs of directories and files layers given with --layer."`
-	Mode         string   `enum:",multi,single" default:"" placeholder:"multi|single" help:"multi: a layer per entry; single: everything above the base as one layer."`
-	Machine      string   `help:"Machine name (part of every cache key); overrides the spec's machine:."`
-	Arch         string   `help:"Image architecture; overrides the spec's arch:."`
-	Install      string   `placeholder:"COMMAND" help:"Install command of packages layers; overrides the spec's install:."`
-	Compression  string   `enum:",gzip,zstd,none" default:"" placeholder:"gzip|zstd|none" help:"Layer compression; overrides the spec's compression:."`
-	MaxLayerSize string   `default:"64G" placeholder:"SIZE" help:"Refuse base-image layers that unpack to more than SIZE (a decompression bomb); default 64G."`
-	Threads      int      `help:"Compression threads (default: all CPUs). The output does not depend on it."`
-	Strict       bool     `help:"A registry base image pulled by tag, without a digest, is an error."`
-	Insecure     bool     `help:"Allow plain HTTP to the registries of the base image and the output."`
-	Quiet        bool     `short:"q" help:"Do not show the install commands' output."`
-	JSON         bool     `name:"json" help:"Print the result, with per-layer keys, hits and timings, as one JSON object."`
+	Spec         string        `arg:"" optional:"" placeholder:"SPEC.yaml" help:"Build spec (YAML). Without it, --image and --layer describe the build."`
+	Image        string        `placeholder:"oci:DIR[:TAG]" help:"Output image; overrides the spec's image:. The tag is replaced, other tags stay."`
+	Base         string        `placeholder:"REF" help:"Base image; overrides the spec's base:."`
+	Cache        string        `placeholder:"DIR" help:"Layer cache (default: $XDG_CACHE_HOME/layerfs)."`
+	Layer        []string      `sep:"none" placeholder:"NAME:TYPE:A+B" help:"A layer in the Yocto OCI_LAYERS form (repeatable); replaces the spec's layers:. For host layers each item is SRC:DST."`
+	Rootfs       string        `placeholder:"DIR" help:"Source rootfs of directories and files layers given with --layer."`
+	Mode         string        `enum:",multi,single" default:"" placeholder:"multi|single" help:"multi: a layer per entry; single: everything above the base as one layer."`
+	Machine      string        `help:"Machine name (part of every cache key); overrides the spec's machine:."`
+	Arch         string        `help:"Image architecture; overrides the spec's arch:."`
+	Install      string        `placeholder:"COMMAND" help:"Install command of packages layers; overrides the spec's install:."`
+	Compression  string        `enum:",gzip,zstd,none" default:"" placeholder:"gzip|zstd|none" help:"Layer compression; overrides the spec's compression:."`
+	MaxLayerSize string        `default:"64G" placeholder:"SIZE" help:"Refuse base-image layers that unpack to more than SIZE (a decompression bomb); default 64G."`
+	Threads      int           `help:"Compression threads (default: all CPUs). The output does not depend on it."`
+	Strict       bool          `help:"A registry base image pulled by tag, without a digest, is an error."`
+	Insecure     bool          `help:"Allow plain HTTP to the registries of the base image, the output and the cache tiers."`
+	CacheFrom    []string      `name:"cache-from" sep:"," env:"LAYERFS_CACHE_FROM" placeholder:"REF" help:"Shared cache tiers (docker://HOST/REPO, repeatable or comma-separated) asked in order on a local miss; overrides the spec's cache.from."`
+	CacheTo      string        `name:"cache-to" env:"LAYERFS_CACHE_TO" placeholder:"REF" help:"Shared cache tier (docker://HOST/REPO) that gets every layer of the build it lacks; overrides the spec's cache.to."`
+	CacheTimeout time.Duration `name:"cache-timeout" default:"30s" placeholder:"D" help:"A cache tier that answers nothing for D is left out of the build, with a warning."`
+	Quiet        bool          `short:"q" help:"Do not show the install commands' output."`
+	JSON         bool          `name:"json" help:"Print the result, with per-layer keys, hits and timings, as one JSON object."`
 }
 
 func (c *buildCmd) Run(e *env) error {
@@ -67,9 +74,14 @@ func (c *buildCmd) Run(e *env) error {
 	if c.Quiet {
 		output = nil
 	}
+	from, to, err := openTiers(spec.Cache, remote.Options{Insecure: c.Insecure, Timeout: c.CacheTimeout})
+	if err != nil {
+		return err
+	}
 	res, err := layers.Build(e.ctx, layers.Options{
 		Spec: spec, Cache: ca, Log: log, Output: output, Warn: e.warn,
 		SourceDateEpoch: epoch, MaxLayerSize: maxSize, Threads: c.Threads, Strict: c.Strict, Insecure: c.Insecure,
+		CacheFrom: from, CacheTo: to,
 	})
 	if err != nil {
 		return err
@@ -125,5 +137,46 @@ func (c *buildCmd) spec() (*layers.Spec, error) {
 	set(&s.Arch, c.Arch)
 	set(&s.Install, c.Install)
 	set(&s.Compression, c.Compression)
+	if len(c.CacheFrom) > 0 {
+		s.Cache.From = nil
+		for _, r := range c.CacheFrom {
+			if r = strings.TrimSpace(r); r != "" {
+				s.Cache.From = append(s.Cache.From, r)
+			}
+		}
+	}
+	set(&s.Cache.To, c.CacheTo)
 	return s, nil
+}
+
+// openTiers opens the shared cache tiers; a repository that is both
+// read and written is one Tier, so that its failure counts once.
+func openTiers(ct layers.CacheTiers, opts remote.Options) (from []*remote.Tier, to *remote.Tier, err error) {
+	byRef := map[string]*remote.Tier{}
+	open := func(ref string) (*remote.Tier, error) {
+		if t := byRef[ref]; t != nil {
+			return t, nil
+		}
+		t, err := remote.Open(ref, opts)
+		if err != nil {
+			return nil, fmt.Errorf("--cache-from/--cache-to: %w", err)
+		}
+		byRef[ref] = t
+		return t, nil
+	}
+	for _, r := range ct.From {
+		t, err := open(r)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !slices.Contains(from, t) {
+			from = append(from, t)
+		}
+	}
+	if ct.To != "" {
+		if to, err = open(ct.To); err != nil {
+			return nil, nil, err
+		}
+	}
+	return from, to, nil
 }

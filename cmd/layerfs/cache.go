@@ -10,19 +10,28 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/cache"
+	"github.com/layerfs/layerfs/cache/remote"
 	"github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/layers"
 )
 
 type cacheCmd struct {
-	Dir string `name:"cache" placeholder:"DIR" help:"Layer cache (default: $XDG_CACHE_HOME/layerfs)."`
+	Dir      string        `name:"cache" placeholder:"DIR" help:"Layer cache (default: $XDG_CACHE_HOME/layerfs)."`
+	Insecure bool          `help:"Allow plain HTTP to a registry tier."`
+	Timeout  time.Duration `default:"30s" placeholder:"D" help:"Give up on a registry tier that answers nothing for D."`
 
-	Ls      cacheLsCmd      `cmd:"" help:"List the cache's entries."`
-	Prune   cachePruneCmd   `cmd:"" help:"Remove old entries, least recently used first; entries in use by a build or a mount stay."`
+	Ls      cacheLsCmd      `cmd:"" help:"List the cache's entries (or, with --remote, a registry tier's)."`
+	Prune   cachePruneCmd   `cmd:"" help:"Remove old entries, least recently used first; entries in use by a build or a mount stay. With --remote, delete a registry tier's old tags."`
 	Rm      cacheRmCmd      `cmd:"" help:"Remove one entry, by key (a 16-hex prefix will do) or name."`
 	Verify  cacheVerifyCmd  `cmd:"" help:"Re-hash every entry; corrupt ones are moved to the quarantine."`
 	Explain cacheExplainCmd `cmd:"" help:"Say, for every layer of a spec, hit or miss, and which input changed since the closest entry."`
+	Push    cachePushCmd    `cmd:"" help:"Put a local entry into a registry tier."`
+	Pull    cachePullCmd    `cmd:"" help:"Fetch an entry from a registry tier into the local cache."`
+}
+
+func (c *cacheCmd) tier(ref string) (*remote.Tier, error) {
+	return remote.Open(ref, remote.Options{Insecure: c.Insecure, Timeout: c.Timeout})
 }
 
 func (c *cacheCmd) open() (*cache.Cache, error) {
@@ -45,10 +54,14 @@ func (c *cacheCmd) openForRemoval() (*cache.Cache, func(string) bool, error) {
 }
 
 type cacheLsCmd struct {
-	JSON bool `name:"json" help:"Print the entries as JSON."`
+	JSON   bool   `name:"json" help:"Print the entries as JSON."`
+	Remote string `placeholder:"REF" help:"List the entries of this registry tier (docker://HOST/REPO) instead."`
 }
 
 func (c *cacheLsCmd) Run(e *env, parent *cacheCmd) error {
+	if c.Remote != "" {
+		return c.remote(e, parent)
+	}
 	ca, err := parent.open()
 	if err != nil {
 		return err
@@ -77,13 +90,17 @@ func (c *cacheLsCmd) Run(e *env, parent *cacheCmd) error {
 }
 
 type cachePruneCmd struct {
-	OlderThan time.Duration `placeholder:"D" help:"Remove entries not used for D (e.g. 720h)."`
+	OlderThan time.Duration `placeholder:"D" help:"Remove entries not used for D (e.g. 720h); with --remote, pushed more than D ago."`
 	MaxSize   string        `placeholder:"SIZE" help:"Evict least recently used entries until the cache is at most SIZE (e.g. 20G)."`
 	All       bool          `help:"Remove every entry not in use."`
 	DryRun    bool          `short:"n" help:"Only say what would be removed."`
+	Remote    string        `placeholder:"REF" help:"Prune this registry tier (docker://HOST/REPO) instead: delete the tags of entries pushed more than --older-than ago."`
 }
 
 func (c *cachePruneCmd) Run(e *env, parent *cacheCmd) error {
+	if c.Remote != "" {
+		return c.remote(e, parent)
+	}
 	if c.OlderThan == 0 && c.MaxSize == "" && !c.All {
 		return inputerr.New("give --older-than D, --max-size SIZE or --all")
 	}
@@ -158,7 +175,6 @@ func (c *cacheVerifyCmd) Run(e *env, parent *cacheCmd) error {
 	if err != nil {
 		return err
 	}
-	bad := 0
 	bad, unchecked := 0, 0
 	for _, r := range results {
 		switch {

@@ -1,0 +1,226 @@
+package layers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/layerfs/layerfs/cache"
+	"github.com/layerfs/layerfs/cache/remote"
+	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/oci"
+)
+
+// tiers is a build's view of the shared cache tiers: which still work,
+// which held a corrupt entry of a key, and the pushes under way. The
+// cache never fails a build: a tier that fails is warned about once and
+// left out for the rest of the build.
+type tiers struct {
+	from []*remote.Tier
+	to   *remote.Tier
+	warn func(string)
+	log  func(format string, args ...any)
+
+	mu      sync.Mutex
+	down    map[*remote.Tier]bool
+	corrupt map[string]bool // tier + key
+	pushes  sync.WaitGroup
+	queue   chan func()
+}
+
+func newTiers(from []*remote.Tier, to *remote.Tier, warn func(string), log func(string, ...any)) *tiers {
+	return &tiers{from: from, to: to, warn: warn, log: log, down: map[*remote.Tier]bool{}, corrupt: map[string]bool{}}
+}
+
+func (ts *tiers) alive(t *remote.Tier) bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return !ts.down[t]
+}
+
+// failed reports what t failed with: a corrupt entry is a miss, anything
+// else takes t out of this build.
+func (ts *tiers) failed(ctx context.Context, t *remote.Tier, key, what string, err error) {
+	if ctx.Err() != nil {
+		return // the build is being stopped; that error is the build's
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if errors.Is(err, remote.ErrCorrupt) {
+		ts.corrupt[t.String()+"\x00"+key] = true
+		ts.warn(fmt.Sprintf("cache %s: entry %s is corrupt, taken as a miss: %v", t, cache.ShortKey(key), err))
+		return
+	}
+	if !ts.down[t] {
+		ts.down[t] = true
+		ts.warn(fmt.Sprintf("cache %s: %s failed, going on without it: %v", t, what, err))
+	}
+}
+
+func (ts *tiers) wasCorrupt(t *remote.Tier, key string) bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.corrupt[t.String()+"\x00"+key]
+}
+
+// fetch is the maker of an entry from tier t: the artifact of the key,
+// checked to be of these very inputs, unpacked into tmp.
+func (ts *tiers) fetch(ctx context.Context, t *remote.Tier, in *inputs, key string, info func() cache.Info, rep *LayerReport) maker {
+	return func(tmp *cache.Temp) (cache.Info, error) {
+		if !ts.alive(t) {
+			return cache.Info{}, errNextMaker
+		}
+		a, tr, err := t.Get(ctx, key)
+		rep.Downloaded += tr.Downloaded
+		if err == nil && a != nil && !bytes.Equal(a.Inputs, in.canonical()) {
+			// The config hashes to the key, so this takes a sha256
+			// collision; the check is cheap.
+			err = fmt.Errorf("%w: its inputs are not this layer's", remote.ErrCorrupt)
+		}
+		if err != nil {
+			ts.failed(ctx, t, key, "lookup", err)
+			return cache.Info{}, cmpErr(ctx, errNextMaker)
+		}
+		if a == nil {
+			return cache.Info{}, errNextMaker
+		}
+		tr, err = t.Pull(ctx, a, tmp, oci.ApplyOptions{Warn: ts.warn})
+		rep.Downloaded += tr.Downloaded
+		if err != nil {
+			ts.failed(ctx, t, key, "pull", err)
+			return cache.Info{}, cmpErr(ctx, errNextMaker)
+		}
+		i := info()
+		i.DiffID, i.Digest, i.MediaType, i.Size = a.DiffID, a.Layer.Digest, a.Layer.MediaType, a.Layer.Size
+		// The entry's date is the builder's, so that every host writes
+		// the same image config from it.
+		i.Created = a.Created
+		rep.Remote = t.String()
+		return i, nil
+	}
+}
+
+// cmpErr is ctx's error when the build is being stopped, else err.
+func cmpErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// push sends entry e to the to tier in the background (the next layer's
+// install runs meanwhile) unless it came from there. wait collects them.
+func (ts *tiers) push(ctx context.Context, e *cache.Entry, rep *LayerReport, mu *sync.Mutex) {
+	t := ts.to
+	if t == nil || rep.Remote == t.String() || len(e.Info.KeyInputs) == 0 {
+		return
+	}
+	if ts.queue == nil {
+		// One worker: pushes go in layer order, and a build's uploads do
+		// not compete with each other.
+		ts.queue = make(chan func(), 64)
+		go func() {
+			for f := range ts.queue {
+				f()
+			}
+		}()
+	}
+	ts.pushes.Add(1)
+	ts.queue <- func() {
+		defer ts.pushes.Done()
+		if !ts.alive(t) || ctx.Err() != nil {
+			return
+		}
+		pushed, tr, err := t.Push(ctx, e, remote.PushOptions{Replace: ts.wasCorrupt(t, e.Info.Key)})
+		mu.Lock()
+		rep.Uploaded += tr.Uploaded
+		rep.Pushed = pushed
+		mu.Unlock()
+		if err != nil {
+			ts.failed(ctx, t, e.Info.Key, "push", err)
+			return
+		}
+		if pushed {
+			ts.log("OCI Cache: Pushed layer '%s' (%s) to %s: %d bytes uploaded\n", e.Info.Name, cache.ShortKey(e.Info.Key), t, tr.Uploaded)
+		}
+	}
+}
+
+// wait waits for the pushes queued so far.
+func (ts *tiers) wait() {
+	ts.pushes.Wait()
+	if ts.queue != nil {
+		close(ts.queue)
+		ts.queue = nil
+	}
+}
+
+// PullEntry fetches key's entry from tier t into the local cache c, as a
+// build's remote hit would (layerfs cache pull). The artifact's config
+// must be the inputs of a layer this layerfs builds, for this kind of
+// host (root or rootless).
+func PullEntry(ctx context.Context, c *cache.Cache, t *remote.Tier, key string, warn func(string)) (*cache.Entry, bool, error) {
+	unlock, err := c.Lock(ctx, key)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unlock()
+	a, _, err := t.Get(ctx, key)
+	if err != nil {
+		return nil, false, err
+	}
+	if a == nil {
+		return nil, false, inputerr.New("cache %s: no entry %s", t, key)
+	}
+	var in inputs
+	dec := json.NewDecoder(bytes.NewReader(a.Inputs))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil || !bytes.Equal(in.canonical(), a.Inputs) {
+		return nil, false, inputerr.New("cache %s: entry %s was made by another version of layerfs (its inputs do not parse: %v)", t, cache.ShortKey(key), err)
+	}
+	if in.TarRules != TarRules {
+		return nil, false, inputerr.New("cache %s: entry %s follows tar rules %s, this layerfs %s", t, cache.ShortKey(key), in.TarRules, TarRules)
+	}
+	if rootless := os.Geteuid() != 0; in.Rootless != rootless {
+		return nil, false, inputerr.New("cache %s: entry %s was built %s; this host builds %s, with other keys", t, cache.ShortKey(key), rootlessWord(in.Rootless), rootlessWord(rootless))
+	}
+	if e, err := c.Lookup(key, in.Name); err != nil || e != nil {
+		return e, false, err
+	}
+	tmp, err := c.NewTemp(in.Name)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := t.Pull(ctx, a, tmp, oci.ApplyOptions{Warn: warn}); err != nil {
+		tmp.Abort()
+		return nil, false, err
+	}
+	info := entryInfo(&in, key, a.Created)
+	info.DiffID, info.Digest, info.MediaType, info.Size = a.DiffID, a.Layer.Digest, a.Layer.MediaType, a.Layer.Size
+	e, err := c.Insert(ctx, tmp, info)
+	if err != nil {
+		tmp.Abort()
+		return nil, false, err
+	}
+	return e, true, nil
+}
+
+func rootlessWord(rootless bool) string {
+	if rootless {
+		return "rootless"
+	}
+	return "as root"
+}
+
+// entryInfo is the entry.json of a layer of inputs in, before its blob
+// is known.
+func entryInfo(in *inputs, key string, created time.Time) cache.Info {
+	return cache.Info{Key: key, Parent: in.Parent, Name: in.Name, Type: in.Type,
+		Packages: in.Packages, Versions: in.Versions, Inputs: in.fields(), Machine: in.Machine,
+		KeyInputs: in.canonical(), Created: created}
+}
