@@ -172,6 +172,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	if b.keys, err = newKeyer(s, opts.SourceDateEpoch); err != nil {
 		return nil, err
 	}
+	b.keys.open = b.openEmbedded
 
 	var entries []*cache.Entry
 	// Reports are allocated up front: pushes update them by pointer.
@@ -271,9 +272,13 @@ func createdBy(r LayerReport, s *Spec) string {
 	default:
 		for _, l := range s.Layers {
 			if l.Name == r.Name {
-				what = r.Type + " " + strings.Join(l.Paths, " ")
-				if r.Type == TypeHost {
+				switch r.Type {
+				case TypeHost:
 					what = r.Type + " " + strings.Join(l.Copy, " ")
+				case TypeImage:
+					what = fmt.Sprintf("image at %s as %s", l.Path, l.format())
+				default:
+					what = r.Type + " " + strings.Join(l.Paths, " ")
 				}
 			}
 		}
@@ -516,6 +521,10 @@ func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error
 		switch l.Type {
 		case TypePackages:
 			if err := b.install(ctx, t, mnt, l); err != nil {
+				return err
+			}
+		case TypeImage:
+			if err := b.embed(ctx, t.Dir, mnt, l); err != nil {
 				return err
 			}
 		default:

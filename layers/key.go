@@ -69,6 +69,8 @@ type inputs struct {
 	Rootless bool `json:"rootless,omitempty"`
 	// Parts are the layers folded into one by single mode.
 	Parts []inputs `json:"parts,omitempty"`
+	// Embed is an image layer's image.
+	Embed *embedInputs `json:"embed,omitempty"`
 }
 
 func (in *inputs) key() string { return cache.KeyOf(in.canonical()) }
@@ -98,6 +100,9 @@ func (in *inputs) fields() map[string]string {
 		pkgs = append(pkgs, p+"="+in.Versions[p])
 	}
 	f["packages"] = strings.Join(pkgs, " ")
+	if in.Embed != nil {
+		f["embed"] = in.Embed.Format + " " + in.Embed.Manifest.String() + " tag " + in.Embed.Tag
+	}
 	for _, p := range in.Parts {
 		pf := p.fields()
 		for k, v := range pf {
@@ -138,10 +143,23 @@ type keyer struct {
 	spec     *Spec
 	epoch    *time.Time
 	versions map[string]string // pkgdata, then the spec's versions:
+	// open opens an image layer's image.
+	open func(ctx context.Context, l Layer) (*oci.Image, error)
 }
 
 func newKeyer(s *Spec, epoch *time.Time) (*keyer, error) {
 	k := &keyer{spec: s, epoch: epoch, versions: map[string]string{}}
+	k.open = func(ctx context.Context, l Layer) (*oci.Image, error) {
+		ref, err := oci.ParseReference(l.Ref)
+		if err != nil {
+			return nil, err
+		}
+		img, err := oci.Open(ctx, ref, s.openOptions(false, false, nil))
+		if err != nil {
+			return nil, fmt.Errorf("layer '%s': %w", l.Name, err)
+		}
+		return img, nil
+	}
 	if s.Pkgdata != "" {
 		if err := k.readPkgdata(s.path(s.Pkgdata)); err != nil {
 			return nil, err
@@ -204,6 +222,14 @@ func (k *keyer) layer(ctx context.Context, parent string, l Layer) (inputs, erro
 			in.Versions[p] = k.versions[p]
 		}
 		in.Install = k.spec.install(l)
+	case TypeImage:
+		img, err := k.open(ctx, l)
+		if err != nil {
+			return in, err
+		}
+		img.Close()
+		in.Paths = []string{l.Path}
+		in.Embed = &embedInputs{Manifest: img.ManifestDesc.Digest, Format: l.format(), Tag: l.embedTag()}
 	default:
 		items := k.spec.copies(l)
 		h := sha256.New()

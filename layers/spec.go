@@ -30,6 +30,15 @@ const (
 	TypeDirectories = "directories"
 	TypeFiles       = "files"
 	TypeHost        = "host"
+	// TypeImage puts another image into this one at a path.
+	TypeImage = "image"
+)
+
+// Formats of an image layer's embedded image.
+const (
+	FormatOCIArchive = "oci-archive"
+	FormatOCIDir     = "oci-dir"
+	FormatRootfs     = "rootfs"
 )
 
 // Modes.
@@ -79,6 +88,11 @@ type Layer struct {
 	Source   string   `yaml:"source"`
 	Paths    []string `yaml:"paths"`
 	Copy     []string `yaml:"copy"`
+	// Ref, Path and Format are an image layer's: the image to embed,
+	// where, and as what (oci-archive, the default; oci-dir; rootfs).
+	Ref    string `yaml:"ref"`
+	Path   string `yaml:"path"`
+	Format string `yaml:"format"`
 }
 
 // CacheTiers are the registry repositories of the cache's shared tier,
@@ -141,7 +155,11 @@ func Parse(data []byte, file, dir string) (*Spec, error) {
 	}
 	// Local image paths in a spec are relative to the spec, like its other
 	// paths, wherever the build is started.
-	for _, r := range []*string{&s.Image, &s.Base} {
+	refs := []*string{&s.Image, &s.Base}
+	for i := range s.Layers {
+		refs = append(refs, &s.Layers[i].Ref)
+	}
+	for _, r := range refs {
 		if *r == "" {
 			continue
 		}
@@ -265,6 +283,9 @@ func (s *Spec) Validate() error {
 }
 
 func (s *Spec) validateLayer(l Layer) error {
+	if l.Type != TypeImage && (l.Ref != "" || l.Path != "" || l.Format != "") {
+		return fmt.Errorf("ref:, path: and format: belong to image layers")
+	}
 	needSource := func() error {
 		if l.Source == "" {
 			return fmt.Errorf("%s layers need source: DIR", l.Type)
@@ -323,10 +344,31 @@ func (s *Spec) validateLayer(l Layer) error {
 				return fmt.Errorf("copy %q: %v", c, err)
 			}
 		}
+	case TypeImage:
+		if len(l.Packages) > 0 || len(l.Copy) > 0 || l.Source != "" || len(l.Paths) > 0 {
+			return errors.New("image layers take ref:, path: and format: only")
+		}
+		if l.Ref == "" {
+			return errors.New("image layers need ref: (the image to embed)")
+		}
+		if _, err := oci.ParseReference(l.Ref); err != nil {
+			return err
+		}
+		if err := imagePath(l.Path); err != nil {
+			return fmt.Errorf("path: %v", err)
+		}
+		if l.Path == "/" {
+			return errors.New("path: an image is embedded below /, not as it")
+		}
+		switch l.Format {
+		case "", FormatOCIArchive, FormatOCIDir, FormatRootfs:
+		default:
+			return fmt.Errorf("format %q: want oci-archive, oci-dir or rootfs", l.Format)
+		}
 	case "":
-		return errors.New("no type: want packages, directories, files or host")
+		return errors.New("no type: want packages, directories, files, host or image")
 	default:
-		return fmt.Errorf("unknown layer type %q: want packages, directories, files or host", l.Type)
+		return fmt.Errorf("unknown layer type %q: want packages, directories, files, host or image", l.Type)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -18,7 +19,8 @@ import (
 )
 
 type buildCmd struct {
-	Spec         string        `arg:"" optional:"" placeholder:"SPEC.yaml" help:"Build spec (YAML). Without it, --image and --layer describe the build."`
+	Specs        []string      `arg:"" optional:"" name:"spec" placeholder:"SPEC.yaml" help:"Build specs (YAML). Without one, --image and --layer describe the build. With several, a spec whose base or image layer reads another's output waits for it, and the others build in parallel (--jobs)."`
+	Jobs         int           `short:"j" placeholder:"N" help:"With several specs: how many build at once (default: the number of CPUs)."`
 	Image        string        `placeholder:"oci:DIR[:TAG]" help:"Output image; overrides the spec's image:. The tag is replaced, other tags stay."`
 	Base         string        `placeholder:"REF" help:"Base image; overrides the spec's base:."`
 	Cache        string        `placeholder:"DIR" help:"Layer cache (default: $XDG_CACHE_HOME/layerfs)."`
@@ -41,10 +43,30 @@ type buildCmd struct {
 }
 
 func (c *buildCmd) Run(e *env) error {
-	spec, err := c.spec()
-	if err != nil {
-		return err
+	var specs []*layers.Spec
+	if len(c.Specs) > 1 {
+		if c.Image != "" || c.Base != "" || c.Layer != nil || c.Rootfs != "" {
+			return inputerr.New("--image, --base, --layer and --rootfs describe one build: give them with one spec")
+		}
+		for _, f := range c.Specs {
+			s, err := c.spec(f)
+			if err != nil {
+				return err
+			}
+			specs = append(specs, s)
+		}
+	} else {
+		f := ""
+		if len(c.Specs) == 1 {
+			f = c.Specs[0]
+		}
+		s, err := c.spec(f)
+		if err != nil {
+			return err
+		}
+		specs = append(specs, s)
 	}
+	spec := specs[0]
 	// A build killed while it had a mount leaves a dead one in its temp
 	// entry; it goes first, so that the cache can sweep the temp.
 	if _, err := fs.ClearStale(); err != nil {
@@ -78,11 +100,15 @@ func (c *buildCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	res, err := layers.Build(e.ctx, layers.Options{
+	opts := layers.Options{
 		Spec: spec, Cache: ca, Log: log, Output: output, Warn: e.warn,
 		SourceDateEpoch: epoch, MaxLayerSize: maxSize, Threads: c.Threads, Strict: c.Strict, Insecure: c.Insecure,
 		CacheFrom: from, CacheTo: to,
-	})
+	}
+	if len(specs) > 1 {
+		return c.runSet(e, specs, opts)
+	}
+	res, err := layers.Build(e.ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -93,12 +119,33 @@ func (c *buildCmd) Run(e *env) error {
 	return nil
 }
 
+// runSet builds several specs, in the order their images need.
+func (c *buildCmd) runSet(e *env, specs []*layers.Spec, opts layers.Options) error {
+	jobs := c.Jobs
+	if jobs <= 0 {
+		jobs = runtime.NumCPU()
+	}
+	results, err := layers.BuildSet(e.ctx, specs, layers.SetOptions{Options: opts, Jobs: jobs})
+	if c.JSON && results != nil {
+		if jerr := json.NewEncoder(e.stdout).Encode(results); jerr != nil && err == nil {
+			err = jerr
+		}
+	} else {
+		for _, r := range results {
+			if r.Result != nil {
+				fmt.Fprintf(e.stdout, "image    %s (%d layers, manifest %s)\n", r.Result.Image, len(r.Result.Base)+len(r.Result.Layers), r.Result.Manifest)
+			}
+		}
+	}
+	return err
+}
+
 // spec reads the spec file, if any, and applies the flags over it.
-func (c *buildCmd) spec() (*layers.Spec, error) {
+func (c *buildCmd) spec(file string) (*layers.Spec, error) {
 	var s *layers.Spec
-	if c.Spec != "" {
+	if file != "" {
 		var err error
-		if s, err = layers.Load(c.Spec); err != nil {
+		if s, err = layers.Load(file); err != nil {
 			return nil, err
 		}
 	} else {
