@@ -48,22 +48,24 @@ func defaultArch() string { return runtime.GOARCH }
 // hashed, is the layer's key. No absolute host path enters it, so that
 // every host computes the same key for the same inputs.
 type inputs struct {
-	Parent      string            `json:"parent"`
-	Name        string            `json:"name"`
-	Type        string            `json:"type"`
-	Packages    []string          `json:"packages,omitempty"`
-	Versions    map[string]string `json:"versions,omitempty"`
-	Install     string            `json:"install,omitempty"`
-	Paths       []string          `json:"paths,omitempty"`
-	Content     string            `json:"content,omitempty"`
-	Machine     string            `json:"machine"`
-	Arch        string            `json:"arch"`
-	Variant     string            `json:"variant,omitempty"`
-	Compression string            `json:"compression"`
-	Mode        string            `json:"mode"`
-	Exclude     []string          `json:"exclude,omitempty"`
-	Epoch       string            `json:"source_date_epoch,omitempty"`
-	TarRules    string            `json:"tar_rules"`
+	Parent   string            `json:"parent"`
+	Name     string            `json:"name"`
+	Type     string            `json:"type"`
+	Packages []string          `json:"packages,omitempty"`
+	Versions map[string]string `json:"versions,omitempty"`
+	Install  string            `json:"install,omitempty"`
+	Paths    []string          `json:"paths,omitempty"`
+	Content  string            `json:"content,omitempty"`
+	Machine  string            `json:"machine"`
+	// Tune is Yocto's TUNE_PKGARCH, which the class keys on too.
+	Tune        string   `json:"tune_pkgarch,omitempty"`
+	Arch        string   `json:"arch"`
+	Variant     string   `json:"variant,omitempty"`
+	Compression string   `json:"compression"`
+	Mode        string   `json:"mode"`
+	Exclude     []string `json:"exclude,omitempty"`
+	Epoch       string   `json:"source_date_epoch,omitempty"`
+	TarRules    string   `json:"tar_rules"`
 	// Rootless: the layers below were made without privileges (owners
 	// recorded in xattrs), and so is this one.
 	Rootless bool `json:"rootless,omitempty"`
@@ -201,7 +203,7 @@ func (k *keyer) common(parent string, l Layer) inputs {
 	s := k.spec
 	in := inputs{
 		Parent: parent, Name: l.Name, Type: l.Type,
-		Machine: s.Machine, Arch: s.arch(), Variant: s.Variant,
+		Machine: s.Machine, Tune: s.Tune, Arch: s.arch(), Variant: s.Variant,
 		Compression: s.compression(), Mode: s.mode(), Exclude: slices.Sorted(slices.Values(s.Exclude)),
 		TarRules: TarRules, Rootless: os.Geteuid() != 0,
 	}
@@ -275,7 +277,7 @@ func (s *Spec) copies(l Layer) []copyItem {
 		}
 	case TypeHost:
 		for _, c := range l.Copy {
-			src, dst, _ := strings.Cut(c, ":")
+			src, dst, _ := cutLast(c, ":")
 			items = append(items, copyItem{src: s.path(src), dst: dst})
 		}
 	}

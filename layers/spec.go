@@ -53,13 +53,15 @@ const DefaultInstall = `opkg --offline-root "$LAYERFS_ROOT" install $LAYERFS_PAC
 
 // Spec is a whole image build.
 type Spec struct {
-	Image          string            `yaml:"image"`
-	Base           string            `yaml:"base"`
-	Mode           string            `yaml:"mode"`
-	OS             string            `yaml:"os"`
-	Compression    string            `yaml:"compression"`
-	Exclude        []string          `yaml:"exclude"`
-	Machine        string            `yaml:"machine"`
+	Image       string   `yaml:"image"`
+	Base        string   `yaml:"base"`
+	Mode        string   `yaml:"mode"`
+	OS          string   `yaml:"os"`
+	Compression string   `yaml:"compression"`
+	Exclude     []string `yaml:"exclude"`
+	Machine     string   `yaml:"machine"`
+	// Tune is Yocto's TUNE_PKGARCH: part of every key, as in the class.
+	Tune           string            `yaml:"tune"`
 	Arch           string            `yaml:"arch"`
 	Variant        string            `yaml:"variant"`
 	Install        string            `yaml:"install"`
@@ -333,7 +335,7 @@ func (s *Spec) validateLayer(l Layer) error {
 			return errors.New("host layers need copy: ['SRC:DST', ...]")
 		}
 		for _, c := range l.Copy {
-			src, dst, ok := strings.Cut(c, ":")
+			src, dst, ok := cutLast(c, ":")
 			if !ok || src == "" || dst == "" {
 				return fmt.Errorf("copy %q: want SRC:DST", c)
 			}
@@ -488,4 +490,14 @@ func (c Config) changes(s *Spec) oci.ConfigChanges {
 		ch.Ports = *c.Ports
 	}
 	return ch
+}
+
+// cutLast splits s around the last sep, as the Yocto class splits a host
+// layer's SRC:DST (a source path may hold colons).
+func cutLast(s, sep string) (before, after string, found bool) {
+	i := strings.LastIndex(s, sep)
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], s[i+len(sep):], true
 }
