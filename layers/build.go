@@ -46,6 +46,11 @@ type Options struct {
 	// empty. A tier that fails is warned about and left out.
 	CacheFrom []*remote.Tier
 	CacheTo   *remote.Tier
+	// RootfsTar, when set, is the source rootfs of directories and files
+	// layers as a tar stream (--rootfs-tar), in place of their source:
+	// dirs: how a build under a fake root (pseudo, fakeroot) hands over
+	// the owners only the fake root knows.
+	RootfsTar io.Reader
 }
 
 // LayerReport says what happened to one layer.
