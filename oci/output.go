@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -37,6 +39,12 @@ func openOutput(ref Reference) (o *output, err error) {
 		}
 		removeStaleLayouts(parentDir)
 		if o.dir, err = os.MkdirTemp(parentDir, fmt.Sprintf("%s%d-", tmpPrefix, os.Getpid())); err != nil {
+			return nil, err
+		}
+		// MkdirTemp makes it private; a layout is as readable as any dir
+		// made here (the umask still applies to what is inside).
+		if err := os.Chmod(o.dir, 0o755&^umask()); err != nil {
+			o.removeTemp()
 			return nil, err
 		}
 	}
@@ -93,4 +101,21 @@ func (o *output) tag(tag string, mdesc v1.Descriptor) error {
 		}
 	}
 	return nil
+}
+
+// umask is the process's file mode creation mask, read from
+// /proc/self/status: setting it to read it back would race with files
+// other goroutines create meanwhile.
+func umask() os.FileMode {
+	data, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+				if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+					return os.FileMode(m)
+				}
+			}
+		}
+	}
+	return 0o022
 }

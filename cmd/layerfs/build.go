@@ -21,6 +21,8 @@ import (
 type buildCmd struct {
 	Specs        []string      `arg:"" optional:"" name:"spec" placeholder:"SPEC.yaml" help:"Build specs (YAML). Without one, --image and --layer describe the build. With several, a spec whose base or image layer reads another's output waits for it, and the others build in parallel (--jobs)."`
 	Jobs         int           `short:"j" placeholder:"N" help:"With several specs: how many build at once (default: the number of CPUs)."`
+	FromEnv      bool          `name:"from-env" help:"Build from the variables of Yocto's image-oci class in the environment (OCI_LAYERS, OCI_IMAGE_*, IMGDEPLOYDIR, ...), as the class would; see README."`
+	RootfsTar    string        `name:"rootfs-tar" placeholder:"FILE|-" help:"The source rootfs of directories and files layers as a tar stream ('-': stdin), e.g. made by tar under pseudo or fakeroot, whose owners layerfs could not see on disk."`
 	Image        string        `placeholder:"oci:DIR[:TAG]" help:"Output image; overrides the spec's image:. The tag is replaced, other tags stay."`
 	Base         string        `placeholder:"REF" help:"Base image; overrides the spec's base:."`
 	Cache        string        `placeholder:"DIR" help:"Layer cache (default: $XDG_CACHE_HOME/layerfs)."`
@@ -44,7 +46,25 @@ type buildCmd struct {
 
 func (c *buildCmd) Run(e *env) error {
 	var specs []*layers.Spec
-	if len(c.Specs) > 1 {
+	epoch, err := sourceDateEpoch("")
+	if err != nil {
+		return err
+	}
+	var fromEnv *layers.Env
+	if c.FromEnv {
+		if len(c.Specs) > 0 || c.Layer != nil || c.Base != "" || c.Rootfs != "" || c.Mode != "" {
+			return inputerr.New("--from-env takes the spec, layers, base, rootfs and mode from the environment: give no SPEC, --layer, --base, --rootfs or --mode")
+		}
+		if fromEnv, err = layers.FromEnv(e.ctx, os.LookupEnv, c.Image, epoch, time.Now()); err != nil {
+			return err
+		}
+		c.Image = "" // FromEnv placed it
+		s := fromEnv.Spec
+		if _, err := c.apply(s); err != nil {
+			return err
+		}
+		specs = append(specs, s)
+	} else if len(c.Specs) > 1 {
 		if c.Image != "" || c.Base != "" || c.Layer != nil || c.Rootfs != "" {
 			return inputerr.New("--image, --base, --layer and --rootfs describe one build: give them with one spec")
 		}
@@ -73,6 +93,17 @@ func (c *buildCmd) Run(e *env) error {
 		e.warn(fmt.Sprintf("clearing dead mounts: %v", err))
 	}
 	cdir := c.Cache
+	if cdir == "" && fromEnv != nil {
+		if cdir = fromEnv.Cache; cdir == "" {
+			// OCI_LAYER_CACHE is off: the build keeps nothing.
+			tmp, err := os.MkdirTemp("", "layerfs-nocache-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(tmp)
+			cdir = tmp
+		}
+	}
 	if cdir == "" {
 		cdir = cache.DefaultDir()
 	}
@@ -83,10 +114,6 @@ func (c *buildCmd) Run(e *env) error {
 	maxSize, err := cache.ParseSize(c.MaxLayerSize)
 	if err != nil {
 		return inputerr.New("--max-layer-size %q: %v", c.MaxLayerSize, err)
-	}
-	epoch, err := sourceDateEpoch("")
-	if err != nil {
-		return err
 	}
 	log := e.stdout
 	var output io.Writer = e.stderr
@@ -105,12 +132,25 @@ func (c *buildCmd) Run(e *env) error {
 		SourceDateEpoch: epoch, MaxLayerSize: maxSize, Threads: c.Threads, Strict: c.Strict, Insecure: c.Insecure,
 		CacheFrom: from, CacheTo: to,
 	}
+	if c.RootfsTar != "" {
+		r, closeTar, err := openInput(c.RootfsTar)
+		if err != nil {
+			return err
+		}
+		defer closeTar()
+		opts.RootfsTar = r
+	}
 	if len(specs) > 1 {
 		return c.runSet(e, specs, opts)
 	}
 	res, err := layers.Build(e.ctx, opts)
 	if err != nil {
 		return err
+	}
+	if fromEnv != nil && fromEnv.Deploy != nil {
+		if err := fromEnv.Deploy.Finish(e.ctx, epoch); err != nil {
+			return err
+		}
 	}
 	if c.JSON {
 		return json.NewEncoder(e.stdout).Encode(res)
@@ -172,6 +212,11 @@ func (c *buildCmd) spec(file string) (*layers.Spec, error) {
 			s.Layers = append(s.Layers, l)
 		}
 	}
+	return c.apply(s)
+}
+
+// apply puts the flags that override a spec over s.
+func (c *buildCmd) apply(s *layers.Spec) (*layers.Spec, error) {
 	set := func(dst *string, v string) {
 		if v != "" {
 			*dst = v
@@ -226,4 +271,16 @@ func openTiers(ct layers.CacheTiers, opts remote.Options) (from []*remote.Tier, 
 		}
 	}
 	return from, to, nil
+}
+
+// openInput opens FILE, or stdin for "-".
+func openInput(name string) (io.Reader, func(), error) {
+	if name == "-" {
+		return os.Stdin, func() {}, nil
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, nil, inputerr.New("--rootfs-tar %s: %v", name, err)
+	}
+	return f, func() { f.Close() }, nil
 }
