@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,6 +69,13 @@ func tryLockFile(p string, create bool) (f *os.File, ok bool, err error) {
 	}
 	for {
 		f, err := os.OpenFile(p, flags, 0o644)
+		if create && errors.Is(err, fs.ErrNotExist) {
+			// Tidy removes .locks/ when no lock is left in it.
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				return nil, false, err
+			}
+			f, err = os.OpenFile(p, flags, 0o644)
+		}
 		if err != nil {
 			return nil, false, err
 		}

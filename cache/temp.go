@@ -40,6 +40,13 @@ func (c *Cache) newSlot(kind string) (*slot, error) {
 		if errors.Is(err, fs.ErrExist) {
 			continue
 		}
+		if errors.Is(err, fs.ErrNotExist) {
+			// Tidy removes .tmp/ when it is empty.
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -112,6 +119,18 @@ func (c *Cache) sweepTemps() {
 		if _, err := os.Lstat(p + lockSuffix); errors.Is(err, fs.ErrNotExist) {
 			removeAll(p)
 		}
+	}
+}
+
+// Tidy leaves the cache dir holding entries only, as the Yocto class's
+// cache does (its test suite takes every dir there for an entry): it
+// sweeps what dead builds left, and removes .tmp/ and .locks/ when
+// nothing is in them. Builds that start meanwhile make them again.
+func (c *Cache) Tidy() {
+	c.sweepTemps()
+	c.sweepLocks()
+	for _, d := range []string{tmpDir, locksDir} {
+		os.Remove(filepath.Join(c.dir, d)) // fails while in use: fine
 	}
 }
 

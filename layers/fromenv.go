@@ -18,9 +18,13 @@ import (
 // image-oci class (research/image-oci.md), read as the class reads them.
 type Env struct {
 	Spec *Spec
-	// Cache is the layer cache dir: OCI_LAYER_CACHE_DIR, or its default;
-	// "" when OCI_LAYER_CACHE is not 1 (the build then keeps nothing).
+	// Cache is the layer cache dir: OCI_LAYER_CACHE_DIR, or the class's
+	// default ${TOPDIR}/oci-layer-cache/${MACHINE}; "" without TOPDIR
+	// (layerfs's default cache then).
 	Cache string
+	// NoCache: OCI_LAYER_CACHE is not 1, or OCI_LAYER_CACHE_DIR is set
+	// empty; the build keeps nothing.
+	NoCache bool
 	// Deploy is where the class's outputs go, nil with an explicit
 	// output image.
 	Deploy *Deploy
@@ -107,6 +111,16 @@ func FromEnv(ctx context.Context, lookup func(string) (string, bool), image stri
 			if strings.Count(w, ":") < 2 {
 				return bad("invalid OCI_LAYERS entry '%s': format is 'name:type:content'", w)
 			}
+			typ := strings.Split(w, ":")[1]
+			switch typ {
+			case TypePackages, TypeHost:
+			case TypeDirectories, TypeFiles:
+				if rootfs == "" {
+					return bad("OCI_LAYERS entry '%s': %s layers copy from IMAGE_ROOTFS, which is not set", w, typ)
+				}
+			default:
+				return bad("invalid layer type '%s' in '%s': must be 'packages', 'directories', 'files', or 'host'", typ, w)
+			}
 			l, err := ParseLayerFlag(w, rootfs)
 			if err != nil {
 				return bad("OCI_LAYERS entry '%s': %v", w, err)
@@ -140,13 +154,16 @@ func FromEnv(ctx context.Context, lookup func(string) (string, bool), image stri
 	}
 
 	// Cache: only "1" turns it on, as in the class.
-	if get("OCI_LAYER_CACHE") == "1" {
-		env.Cache = get("OCI_LAYER_CACHE_DIR")
-		if env.Cache == "" {
-			if top := get("TOPDIR"); top != "" {
-				env.Cache = filepath.Join(top, "oci-layer-cache", s.Machine)
-			}
-		}
+	// An OCI_LAYER_CACHE_DIR set but empty keeps nothing, as in the class;
+	// unset, it has the class's default.
+	dir, set := lookup("OCI_LAYER_CACHE_DIR")
+	switch {
+	case get("OCI_LAYER_CACHE") != "1", set && dir == "":
+		env.NoCache = true
+	case set:
+		env.Cache = dir
+	case get("TOPDIR") != "":
+		env.Cache = filepath.Join(get("TOPDIR"), "oci-layer-cache", s.Machine)
 	}
 
 	// Base image: a path, a recipe's deployed layout, or (which the class
@@ -337,8 +354,8 @@ func goArch(a string) string {
 
 // shellWords splits s as Python's shlex.split does by default (POSIX
 // rules, no comments): blanks separate words; single quotes keep
-// everything; double quotes keep everything but \\, \", \$ and \`
-// escapes; a backslash outside quotes escapes the next character.
+// everything; in double quotes a backslash escapes only \ and ";
+// outside quotes it escapes any next character.
 func shellWords(s string) ([]string, error) {
 	var words []string
 	var w strings.Builder
@@ -364,7 +381,7 @@ func shellWords(s string) ([]string, error) {
 			inWord = true
 			i++
 			for ; i < len(s) && s[i] != '"'; i++ {
-				if s[i] == '\\' && i+1 < len(s) && strings.IndexByte("\\\"$`", s[i+1]) >= 0 {
+				if s[i] == '\\' && i+1 < len(s) && (s[i+1] == '\\' || s[i+1] == '"') {
 					i++
 				}
 				w.WriteByte(s[i])

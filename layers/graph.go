@@ -72,7 +72,7 @@ func planSet(specs []*Spec) ([]specNode, error) {
 				// a spec that writes one tag there makes it.
 				for k, s2 := range specs {
 					o, _ := oci.ParseReference(s2.Image)
-					if o.Transport == ref.Transport && o.Path == ref.Path && o.Repository == ref.Repository {
+					if o.Transport == ref.Transport && filepath.Clean(o.Path) == filepath.Clean(ref.Path) && o.Repository == ref.Repository {
 						j, made = k, true
 					}
 				}

@@ -94,7 +94,7 @@ func (c *buildCmd) Run(e *env) error {
 	}
 	cdir := c.Cache
 	if cdir == "" && fromEnv != nil {
-		if cdir = fromEnv.Cache; cdir == "" {
+		if cdir = fromEnv.Cache; fromEnv.NoCache {
 			// OCI_LAYER_CACHE is off: the build keeps nothing.
 			tmp, err := os.MkdirTemp("", "layerfs-nocache-")
 			if err != nil {
@@ -111,6 +111,9 @@ func (c *buildCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	// After the build the cache dir holds entries only (and nothing for
+	// the Yocto suite to take for a broken entry).
+	defer ca.Tidy()
 	maxSize, err := cache.ParseSize(c.MaxLayerSize)
 	if err != nil {
 		return inputerr.New("--max-layer-size %q: %v", c.MaxLayerSize, err)
