@@ -141,6 +141,11 @@ func (ts *tiers) push(ctx context.Context, e *cache.Entry, rep *LayerReport, mu 
 		rep.Uploaded += tr.Uploaded
 		rep.Pushed = pushed
 		mu.Unlock()
+		if errors.Is(err, oci.ErrDigestMismatch) {
+			// The local blob is what does not match: the tier is fine.
+			ts.warn(fmt.Sprintf("cache entry %s: not pushed to %s: %v (run layerfs cache verify)", e.Name(), t, err))
+			return
+		}
 		if err != nil {
 			ts.failed(ctx, t, e.Info.Key, "push", err)
 			return
