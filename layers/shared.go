@@ -26,8 +26,8 @@ type tiers struct {
 	warn func(string)
 	log  func(format string, args ...any)
 
-	mu      sync.Mutex
-	down    map[*remote.Tier]bool
+	mu   sync.Mutex
+	down map[*remote.Tier]bool
 	// corrupt holds the keys (tier + key) whose entry was corrupt, and
 	// whether pushing it again repairs it.
 	corrupt map[string]bool
