@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -132,6 +133,15 @@ func readEntry(dir string) (*Entry, error) {
 		return e, fmt.Errorf("cache entry %s: %s has schema %d, this layerfs reads %d", dir, entryFile, f.Schema, entrySchema)
 	}
 	in := f.Info
+	if len(in.KeyInputs) > 0 {
+		// entry.json is indented, and its key inputs with it: compacted,
+		// they are again the bytes the key hashes.
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, in.KeyInputs); err != nil || KeyOf(buf.Bytes()) != in.Key {
+			return e, corruptf(dir, "%s: key_inputs do not hash to the key", entryFile)
+		}
+		in.KeyInputs = buf.Bytes()
+	}
 	switch {
 	case checkKey(in.Key) != nil || in.Key[:16] != key16:
 		return e, corruptf(dir, "%s: key %q does not match the dir name", entryFile, in.Key)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,7 +37,12 @@ const (
 type regServer struct {
 	// Host is 127.0.0.1:PORT.
 	Host string
-	log  string
+	// Storage is the filesystem driver's root directory: blobs are in
+	// Storage/docker/registry/v2/blobs/sha256/XX/HEX/data.
+	Storage string
+	log     string
+	proc    *os.Process
+	stop    func() // once: SIGTERM, then SIGKILL after 5s
 }
 
 // startRegistry starts docker-registry on a free port, with htpasswd
@@ -79,6 +85,8 @@ log:
 storage:
   filesystem:
     rootdirectory: %s
+  delete:
+    enabled: true
 http:
   addr: %s
   secret: layerfs-test-secret
@@ -94,7 +102,7 @@ http:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	s := &regServer{Host: host, log: filepath.Join(dir, fmt.Sprintf("registry%d.log", attempt))}
+	s := &regServer{Host: host, Storage: storage, log: filepath.Join(dir, fmt.Sprintf("registry%d.log", attempt))}
 	logf, err := os.Create(s.log)
 	if err != nil {
 		return nil, err
@@ -107,15 +115,20 @@ http:
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	var once sync.Once
 	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
+		once.Do(func() {
+			cmd.Process.Signal(syscall.SIGCONT) // a frozen registry would not act on SIGTERM
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(5 * time.Second):
+				cmd.Process.Kill()
+				<-exited
+			}
+		})
 	}
+	s.proc, s.stop = cmd.Process, stop
 	client := &http.Client{Timeout: time.Second}
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
 		select {
@@ -136,6 +149,24 @@ http:
 	stop()
 	return nil, fmt.Errorf("no answer on %s: %s", host, s.tail())
 }
+
+// Stop stops the registry now (it is gone when Stop returns); the
+// test's cleanup then has nothing left to do.
+func (s *regServer) Stop() { s.stop() }
+
+// Freeze stops the registry's process with SIGSTOP: connections are still
+// accepted by the kernel, and nothing answers them. It is thawed
+// (SIGCONT) when the test ends, before it is stopped.
+func (s *regServer) Freeze(t *testing.T) {
+	t.Helper()
+	if err := s.proc.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("freeze the registry: %v", err)
+	}
+	t.Cleanup(s.Thaw)
+}
+
+// Thaw lets a frozen registry run again.
+func (s *regServer) Thaw() { s.proc.Signal(syscall.SIGCONT) }
 
 func (s *regServer) tail() string {
 	data, _ := os.ReadFile(s.log)

@@ -26,9 +26,11 @@ type tiers struct {
 	warn func(string)
 	log  func(format string, args ...any)
 
-	mu      sync.Mutex
-	down    map[*remote.Tier]bool
-	corrupt map[string]bool // tier + key
+	mu   sync.Mutex
+	down map[*remote.Tier]bool
+	// corrupt holds the keys (tier + key) whose entry was corrupt, and
+	// whether pushing it again repairs it.
+	corrupt map[string]bool
 	pushes  sync.WaitGroup
 	queue   chan func()
 }
@@ -52,8 +54,13 @@ func (ts *tiers) failed(ctx context.Context, t *remote.Tier, key, what string, e
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if errors.Is(err, remote.ErrCorrupt) {
-		ts.corrupt[t.String()+"\x00"+key] = true
-		ts.warn(fmt.Sprintf("cache %s: entry %s is corrupt, taken as a miss: %v", t, cache.ShortKey(key), err))
+		repairable := remote.Repairable(err)
+		ts.corrupt[t.String()+"\x00"+key] = repairable
+		advice := ""
+		if !repairable {
+			advice = "; the registry stores damaged bytes under their digest, which no push replaces: delete the blob there and run its garbage collection"
+		}
+		ts.warn(fmt.Sprintf("cache %s: entry %s is corrupt, taken as a miss: %v%s", t, cache.ShortKey(key), err, advice))
 		return
 	}
 	if !ts.down[t] {
@@ -62,10 +69,13 @@ func (ts *tiers) failed(ctx context.Context, t *remote.Tier, key, what string, e
 	}
 }
 
-func (ts *tiers) wasCorrupt(t *remote.Tier, key string) bool {
+// wasCorrupt says whether t held a corrupt entry of key, and if so
+// whether pushing it again repairs it.
+func (ts *tiers) wasCorrupt(t *remote.Tier, key string) (corrupt, repairable bool) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	return ts.corrupt[t.String()+"\x00"+key]
+	repairable, corrupt = ts.corrupt[t.String()+"\x00"+key]
+	return corrupt, repairable
 }
 
 // fetch is the maker of an entry from tier t: the artifact of the key,
@@ -136,11 +146,20 @@ func (ts *tiers) push(ctx context.Context, e *cache.Entry, rep *LayerReport, mu 
 		if !ts.alive(t) || ctx.Err() != nil {
 			return
 		}
-		pushed, tr, err := t.Push(ctx, e, remote.PushOptions{Replace: ts.wasCorrupt(t, e.Info.Key)})
+		corrupt, repairable := ts.wasCorrupt(t, e.Info.Key)
+		if corrupt && !repairable {
+			return // warned about when found
+		}
+		pushed, tr, err := t.Push(ctx, e, remote.PushOptions{Replace: corrupt})
 		mu.Lock()
 		rep.Uploaded += tr.Uploaded
 		rep.Pushed = pushed
 		mu.Unlock()
+		if errors.Is(err, oci.ErrDigestMismatch) {
+			// The local blob is what does not match: the tier is fine.
+			ts.warn(fmt.Sprintf("cache entry %s: not pushed to %s: %v (run layerfs cache verify)", e.Name(), t, err))
+			return
+		}
 		if err != nil {
 			ts.failed(ctx, t, e.Info.Key, "push", err)
 			return

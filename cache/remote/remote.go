@@ -63,6 +63,15 @@ const (
 // applier rejects. Such an entry is a miss; the tier stays usable.
 var ErrCorrupt = errors.New("corrupt cache artifact")
 
+// Repairable says whether a corrupt entry (err wraps ErrCorrupt) is
+// mended by pushing a good one over it: yes when its manifest is wrong,
+// or names a blob that holds the wrong layer; no when the registry
+// stores bytes that do not match their own digest, which a push cannot
+// replace (the registry takes a blob it has as present).
+func Repairable(err error) bool {
+	return errors.Is(err, ErrCorrupt) && !errors.Is(err, oci.ErrDigestMismatch)
+}
+
 // Options control a Tier.
 type Options struct {
 	Insecure bool
@@ -318,11 +327,23 @@ func (t *Tier) Push(ctx context.Context, e *cache.Entry, opts PushOptions) (bool
 	if err != nil {
 		return false, total, err
 	}
-	tr, err := t.repo.Push(ctx, info.Key, v1.MediaTypeImageManifest, data, info.KeyInputs, []oci.PushBlob{{
+	blobs := []oci.PushBlob{{
 		Descriptor: layer,
 		Open:       func() (io.ReadCloser, error) { return os.Open(e.Blob()) },
-	}})
+	}}
+	tr, err := t.repo.Push(ctx, info.Key, v1.MediaTypeImageManifest, data, info.KeyInputs, blobs)
 	total = add(total, tr)
+	if err != nil && !errors.Is(err, oci.ErrDigestMismatch) && ctx.Err() == nil {
+		// Hosts pushing one key at once can trip a registry's own race
+		// (distribution 2.8 may answer MANIFEST_BLOB_UNKNOWN while another
+		// upload rewrites the blob's link): if the key is there now, that
+		// push is as good as ours; else once more.
+		if d, tr, herr := t.Lookup(ctx, info.Key); herr == nil && d != nil && !opts.Replace {
+			return false, add(total, tr), nil
+		}
+		tr, err = t.repo.Push(ctx, info.Key, v1.MediaTypeImageManifest, data, info.KeyInputs, blobs)
+		total = add(total, tr)
+	}
 	if err != nil {
 		return false, total, err
 	}
