@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -71,7 +72,11 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		return nil, err
 	}
 	fsys := &filesystem{rootless: rootless, passthrough: !rootless, timeout: opts.Timeout}
-	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless, OnCopyUp: fsys.copiedUp,
+	// Rootless, every chown is recorded, even one to the daemon's own ids:
+	// a commit that maps those ids to root (a rootless build, commit
+	// --squash-owner) then keeps the owner the caller asked for, and a
+	// commit that does not gives the same layer as before.
+	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless, RecordChowns: rootless, OnCopyUp: fsys.copiedUp,
 		// The upper's filesystem may give a gone object's inode number to a
 		// new file, which must not inherit its identity.
 		OnGone: func(o overlay.Object) { fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) }})
@@ -124,6 +129,16 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if opts.Upper == "" {
 		mo.Options = append(mo.Options, "ro")
 	}
+	if !rootless {
+		// go-fuse opens /dev/fuse without O_CLOEXEC, and a process that
+		// another goroutine starts meanwhile (the install of a build of
+		// another spec in this process) would inherit the connection and
+		// keep this mount alive. os/exec forks under the write side of
+		// syscall.ForkLock: holding the read side until the descriptor is
+		// close-on-exec shuts that window. (Rootless, go-fuse runs
+		// fusermount3 itself, which takes the write side.)
+		syscall.ForkLock.RLock()
+	}
 	srv, err := gofs.Mount(mountpoint, root, &gofs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &ttl,
@@ -133,6 +148,10 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		NullPermissions: true,
 		RootStableAttr:  &gofs.StableAttr{Ino: 1},
 	})
+	closeOnExec()
+	if !rootless {
+		syscall.ForkLock.RUnlock()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
@@ -140,8 +159,24 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if o, err := u.Lookup(""); err == nil {
 		fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{ino: 1})
 	}
-	closeOnExec()
 	return &Server{Server: srv, Mountpoint: mountpoint, keep: keep}, nil
+}
+
+// Unmount unmounts the mount and waits until it no longer serves. As a
+// normal user it runs fusermount3 itself, without LD_PRELOAD: go-fuse
+// passes fusermount3 this process's environment and takes anything it
+// prints for a failure, and under a fake root (pseudo, fakeroot: a
+// bitbake task) the dynamic loader of the setuid fusermount3 prints that
+// it ignores the preload, after a successful unmount.
+func (s *Server) Unmount() error {
+	if os.Geteuid() == 0 {
+		return s.Server.Unmount()
+	}
+	if err := Unmount(s.Mountpoint, false); err != nil {
+		return err
+	}
+	s.Server.Wait()
+	return nil
 }
 
 // Access answers access(2) for rootless mounts, which have no
@@ -205,11 +240,31 @@ func Unmount(mountpoint string, lazy bool) error {
 			return errors.New("unmount: neither fusermount3 nor fusermount is installed")
 		}
 	}
-	out, err := exec.Command(bin, append(args, mountpoint)...).CombinedOutput()
+	var out []byte
+	for try := 0; try < 20; try++ {
+		cmd := exec.Command(bin, append(args, mountpoint)...)
+		cmd.Env = withoutPreload(os.Environ())
+		if out, err = cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "busy") {
+			break
+		}
+		time.Sleep(25 * time.Millisecond) // as for root, above
+	}
 	if err != nil {
 		return fmt.Errorf("unmount %s: %s: %w", mountpoint, bytesTrim(out), err)
 	}
 	return nil
+}
+
+// withoutPreload is environ without LD_PRELOAD, which a setuid program's
+// loader ignores with a complaint.
+func withoutPreload(environ []string) []string {
+	out := environ[:0:0]
+	for _, kv := range environ {
+		if !strings.HasPrefix(kv, "LD_PRELOAD=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 func bytesTrim(b []byte) string {

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,7 +51,10 @@ type Options struct {
 	// RootfsTar, when set, is the source rootfs of directories and files
 	// layers as a tar stream (--rootfs-tar), in place of their source:
 	// dirs: how a build under a fake root (pseudo, fakeroot) hands over
-	// the owners only the fake root knows.
+	// the owners only the fake root knows. Build reads it to its end, once,
+	// and applies it as the hostile input it is (oci.Apply) into a temp dir
+	// of the cache, which it removes when done (a killed build's is swept
+	// like its other temps). gzip, zstd and bzip2 are read too.
 	RootfsTar io.Reader
 }
 
@@ -115,14 +120,22 @@ type builder struct {
 func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	spec := *opts.Spec // adopting the base's platform must not change the caller's
 	s := &spec
-	if err := s.Validate(); err != nil {
-		return nil, err
-	}
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
 	if opts.Warn == nil {
 		opts.Warn = func(string) {}
+	}
+	if opts.RootfsTar != nil {
+		// Before validating: the layers' paths must be in the tar.
+		done, err := useRootfsTar(ctx, opts, s)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
 	}
 	// Pushes log from their own goroutine.
 	opts.Log = &lockedWriter{w: opts.Log}
@@ -248,6 +261,38 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		res.Uploaded += r.Uploaded
 	}
 	return res, nil
+}
+
+// useRootfsTar applies opts.RootfsTar into a temp dir of the cache and
+// makes it the source of every directories and files layer of s (whose
+// layers it copies first, as they are the caller's). done removes it.
+func useRootfsTar(ctx context.Context, opts Options, s *Spec) (done func(), err error) {
+	s.Layers = slices.Clone(s.Layers)
+	var users []*Layer
+	for i := range s.Layers {
+		if l := &s.Layers[i]; l.Type == TypeDirectories || l.Type == TypeFiles {
+			users = append(users, l)
+		}
+	}
+	if len(users) == 0 {
+		// Read anyway: the writer of a pipe (tar under a fake root) would
+		// otherwise fail.
+		opts.Warn("--rootfs-tar: no directories or files layer takes files from it")
+		_, err := io.Copy(io.Discard, opts.RootfsTar)
+		return func() {}, err
+	}
+	t, err := opts.Cache.NewTemp("rootfs-tar")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := oci.Apply(ctx, opts.RootfsTar, t.Rootfs(), oci.ApplyOptions{Rootfs: true, Warn: opts.Warn}); err != nil {
+		t.Abort()
+		return nil, fmt.Errorf("--rootfs-tar: %w", err)
+	}
+	for _, l := range users {
+		l.Source = t.Rootfs()
+	}
+	return func() { t.Abort() }, nil
 }
 
 // lockedWriter serializes writes to w.
@@ -491,6 +536,7 @@ func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error
 		return fmt.Errorf("layer '%s': %w", ls[0].Name, err)
 	}
 	srv, err := fs.Mount(mnt, fs.Options{Lowers: b.lowers, Upper: t.Rootfs(), Work: t.Work()})
+	var specials []special
 	if err != nil {
 		// %v: the layer dirs are the cache's, not the user's input.
 		return fmt.Errorf("layer '%s': mount: %v", ls[0].Name, err)
@@ -521,6 +567,11 @@ func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error
 		if err == nil && uerr != nil {
 			err = fmt.Errorf("layer '%s': unmount %s: %w", ls[0].Name, mnt, uerr)
 		}
+		if err == nil {
+			if err = applySpecials(t.Rootfs(), specials); err != nil {
+				err = fmt.Errorf("layer '%s': %w", ls[0].Name, err)
+			}
+		}
 	}()
 	for _, l := range ls {
 		switch l.Type {
@@ -533,9 +584,11 @@ func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error
 				return err
 			}
 		default:
-			if err := copyInto(ctx, mnt, b.spec.copies(l)); err != nil {
+			sp, err := copyItems(ctx, mnt, b.spec.copies(l), squashOwner())
+			if err != nil {
 				return fmt.Errorf("layer '%s': %w", l.Name, err)
 			}
+			specials = append(specials, sp...)
 		}
 	}
 	return nil
@@ -564,6 +617,9 @@ func (b *builder) install(ctx context.Context, t *cache.Temp, mnt string, l Laye
 	if e := b.opts.SourceDateEpoch; e != nil {
 		env = append(env, "SOURCE_DATE_EPOCH="+strconv.FormatInt(e.Unix(), 10))
 	}
+	if !isolate {
+		env = append(env, fakeRootEnv(os.Environ(), mnt)...)
+	}
 	// The mount's daemon runs with umask 0 (the kernel applies the
 	// caller's); the command gets the usual one.
 	_, err := sandbox.Run(ctx, sandbox.Command{
@@ -583,6 +639,59 @@ func (b *builder) install(ctx context.Context, t *cache.Temp, mnt string, l Laye
 		return fmt.Errorf("layer '%s': install command: %w", l.Name, err)
 	}
 	return nil
+}
+
+// fakeRootEnv is what of environ puts a command under the fake root this
+// build runs under, if any: pseudo (LD_PRELOAD naming libpseudo, and the
+// PSEUDO_ variables) or fakeroot (libfakeroot, FAKEROOT* and FAKED_*),
+// with LD_LIBRARY_PATH, where the preloaded library is found. The package
+// manager of a rootless install then runs "as root", as it expects, and
+// what it chowns reaches the mount's daemon, which records it: pseudo is
+// told to leave the mount alone (PSEUDO_IGNORE_PATHS gets mnt), and
+// fakeroot tries the real chown too. Other preloads are not passed.
+func fakeRootEnv(environ []string, mnt string) []string {
+	vars := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	var preload []string
+	var pseudo, fakeroot bool
+	for lib := range strings.FieldsFuncSeq(vars["LD_PRELOAD"], func(r rune) bool { return r == ':' || r == ' ' }) {
+		switch base := filepath.Base(lib); {
+		case strings.HasPrefix(base, "libpseudo"):
+			pseudo = true
+		case strings.HasPrefix(base, "libfakeroot"):
+			fakeroot = true
+		default:
+			continue
+		}
+		preload = append(preload, lib)
+	}
+	if len(preload) == 0 {
+		return nil
+	}
+	out := []string{"LD_PRELOAD=" + strings.Join(preload, ":")}
+	if v, ok := vars["LD_LIBRARY_PATH"]; ok {
+		out = append(out, "LD_LIBRARY_PATH="+v)
+	}
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		switch {
+		case pseudo && k == "PSEUDO_IGNORE_PATHS":
+		case pseudo && strings.HasPrefix(k, "PSEUDO_") && k != "PSEUDO_UNLOAD",
+			fakeroot && (strings.HasPrefix(k, "FAKEROOT") || strings.HasPrefix(k, "FAKED_")):
+			out = append(out, k+"="+vars[k])
+		}
+	}
+	if pseudo {
+		ignore := mnt
+		if v := vars["PSEUDO_IGNORE_PATHS"]; v != "" {
+			ignore = v + "," + mnt
+		}
+		out = append(out, "PSEUDO_IGNORE_PATHS="+ignore)
+	}
+	return out
 }
 
 // tailSuffix puts the last lines of a failed command's output on the
@@ -611,6 +720,8 @@ func (b *builder) commit(ctx context.Context, t *cache.Temp) (oci.Layer, error) 
 	layer, err := oci.WriteLayer(ctx, f, t.Rootfs(), lower, oci.LayerOptions{
 		Compression: comp, Threads: b.opts.Threads, SourceDateEpoch: b.opts.SourceDateEpoch,
 		Exclude: b.spec.Exclude, Warn: b.opts.Warn,
+		// Unprivileged, what the build made without chowning it is root's.
+		SquashOwner: squashOwner(),
 	})
 	if cerr := f.Close(); err == nil {
 		err = cerr

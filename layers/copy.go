@@ -30,13 +30,45 @@ import (
 // /var/run -> ../run, or a planted /opt -> /etc) can send a write to the
 // host. Links that stay inside the image are followed, as a copy into
 // the image would; absolute ones used as a parent are refused.
+//
+// Owners are copied as the sources have them (see copyItems); a device
+// or fifo cannot be copied through a rootless mount.
 func copyInto(ctx context.Context, mnt string, items []copyItem) error {
+	specials, err := copyItems(ctx, mnt, items, nil)
+	if err == nil && len(specials) > 0 {
+		err = fmt.Errorf("/%s: a %s cannot be made through a rootless mount", specials[0].path, specials[0].override.Type)
+	}
+	return err
+}
+
+// copyItems is copyInto for the sources of a build's copying layers.
+// Each object gets its effective owner, mode and type: those an
+// override_stat records where the source has one (a tree a rootless
+// process applied from a tar), with the on-disk owner squashed as the
+// layer will be (squash, see overlay.Meta.Squash). Through a rootless
+// mount, chown and chmod are recorded by the mount's daemon; devices and
+// fifos, which an unprivileged process cannot make there, are made as
+// empty files and returned as specials, whose override records the caller
+// writes into the upper once the mount is gone (applySpecials).
+func copyItems(ctx context.Context, mnt string, items []copyItem, squash *overlay.Owner) ([]special, error) {
 	root, err := os.OpenRoot(mnt)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer root.Close()
-	c := &copier{ctx: ctx, root: root, links: map[[2]uint64]string{}}
+	c := &copier{ctx: ctx, root: root, links: map[[2]uint64]string{}, squash: squash, rootless: os.Geteuid() != 0}
+	if c.rootless {
+		if c.mnt, err = filepath.EvalSymlinks(mnt); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.items(items); err != nil {
+		return nil, err
+	}
+	return c.specials, nil
+}
+
+func (c *copier) items(items []copyItem) error {
 	for _, it := range items {
 		rel := strings.Trim(it.dst, "/")
 		if err := c.parents(it, rel); err != nil {
@@ -62,6 +94,21 @@ type copier struct {
 	root  *os.Root
 	links map[[2]uint64]string // source (dev, ino) → first copy, for hardlinks
 	dirs  []madeDir
+	// squash maps the sources' on-disk owner as the layer will.
+	squash *overlay.Owner
+	// rootless: the mount's daemon is unprivileged; mnt is the mountpoint
+	// without symlinks, which specials' paths are relative to.
+	rootless bool
+	mnt      string
+	specials []special
+}
+
+// special is a device or fifo that a rootless copy made as an empty file
+// at path (in the union, without symlinks), to be given its type and
+// owner by an override record in the upper.
+type special struct {
+	path     string
+	override overlay.Override
 }
 
 type madeDir struct {
@@ -152,6 +199,7 @@ func (c *copier) one(src, rel string) error {
 		return err
 	}
 	m := e.Meta
+	m.Squash(c.squash)
 	var st unix.Stat_t
 	if err := unix.Lstat(src, &st); err != nil {
 		return err
@@ -181,7 +229,20 @@ func (c *copier) one(src, rel string) error {
 				return err
 			}
 		case overlay.TypeChar, overlay.TypeBlock, overlay.TypeFifo:
-			if err := unix.Mknodat(pfd, base, st.Mode, int(st.Rdev)); err != nil {
+			if c.rootless {
+				if err := c.placeholder(pfd, base, &m); err != nil {
+					return err
+				}
+				break
+			}
+			mode := uint32(unix.S_IFIFO)
+			switch m.Type {
+			case overlay.TypeChar:
+				mode = unix.S_IFCHR
+			case overlay.TypeBlock:
+				mode = unix.S_IFBLK
+			}
+			if err := unix.Mknodat(pfd, base, mode|0o600, int(unix.Mkdev(m.Major, m.Minor))); err != nil {
 				return err
 			}
 		default:
@@ -214,6 +275,75 @@ func (c *copier) one(src, rel string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("copy %s to /%s: %w", src, rel, err)
+	}
+	return nil
+}
+
+// placeholder makes the device or fifo m as an empty regular file (which
+// then gets m's owner, mode, xattrs and mtime like any copy) and keeps it
+// as a special. Its path in the union comes from the parent's descriptor,
+// so that symlinks the copy followed inside the image are resolved.
+func (c *copier) placeholder(pfd int, base string, m *overlay.Meta) error {
+	dir, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(pfd))
+	if err != nil {
+		return err
+	}
+	rel, ok := strings.CutPrefix(dir, c.mnt)
+	if !ok || (rel != "" && rel[0] != '/') {
+		return fmt.Errorf("%s is not beneath the mount %s", dir, c.mnt)
+	}
+	fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	unix.Close(fd)
+	c.specials = append(c.specials, special{
+		path:     strings.TrimPrefix(rel+"/"+base, "/"),
+		override: overlay.Override{UID: m.UID, GID: m.GID, Mode: m.Mode, Type: m.Type, Major: m.Major, Minor: m.Minor},
+	})
+	return nil
+}
+
+// applySpecials gives the specials a rootless copy made their type and
+// owner, by override records in upper, the layer dir of the union they
+// were made in, which must no longer be mounted: the mount's kernel side
+// would otherwise see the type of a known inode change. Each is an empty
+// regular file that the copy made in this layer, so it is in the upper
+// at its path, and no symlink is followed on the way.
+func applySpecials(upper string, specials []special) error {
+	if len(specials) == 0 {
+		return nil
+	}
+	root, err := os.OpenRoot(upper)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	for _, sp := range specials {
+		dir, base := path.Split(sp.path)
+		dir = strings.TrimSuffix(dir, "/")
+		if dir == "" {
+			dir = "."
+		}
+		err := func() error {
+			pf, err := root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				return err
+			}
+			defer pf.Close()
+			var st unix.Stat_t
+			if err := unix.Fstatat(int(pf.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return err
+			}
+			if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != 0 {
+				return fmt.Errorf("not the empty file the copy made")
+			}
+			p := "/proc/self/fd/" + strconv.Itoa(int(pf.Fd())) + "/" + base
+			return unix.Lsetxattr(p, overlay.XattrOverrideStat, []byte(sp.override.Format()), 0)
+		}()
+		if err != nil {
+			return fmt.Errorf("/%s: %s: %w", sp.path, sp.override.Type, err)
+		}
 	}
 	return nil
 }

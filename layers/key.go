@@ -36,9 +36,36 @@ const TarRules = "1"
 // xattrs instead), it is part of a base layer's key.
 const ApplyRules = "1"
 
+// RootlessOwners versions how unprivileged builds keep owners, which
+// only their keys (base layers' too) carry. "squash-1": oci.Apply records
+// every entry's owner; mounts record every chown; a layer maps what the
+// builder owns on disk without a record to root (oci.LayerOptions
+// SquashOwner); copying layers copy the owners sources record.
+const RootlessOwners = "squash-1"
+
+// rootlessOwners is RootlessOwners when this process builds unprivileged.
+func rootlessOwners() string {
+	if os.Geteuid() != 0 {
+		return RootlessOwners
+	}
+	return ""
+}
+
+// squashOwner is the owner an unprivileged build maps to root: its own.
+func squashOwner() *overlay.Owner {
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	return &overlay.Owner{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
+}
+
 // baseKey is the key of a base-image layer's entry.
 func baseKey(diffID digest.Digest) string {
-	sum := sha256.Sum256(fmt.Appendf(nil, "layerfs base layer\x00%s\x00apply=%s\x00rootless=%t", diffID, ApplyRules, os.Geteuid() != 0))
+	in := fmt.Appendf(nil, "layerfs base layer\x00%s\x00apply=%s\x00rootless=%t", diffID, ApplyRules, os.Geteuid() != 0)
+	if o := rootlessOwners(); o != "" {
+		in = fmt.Appendf(in, "\x00owners=%s", o)
+	}
+	sum := sha256.Sum256(in)
 	return hex.EncodeToString(sum[:])
 }
 
@@ -69,6 +96,8 @@ type inputs struct {
 	// Rootless: the layers below were made without privileges (owners
 	// recorded in xattrs), and so is this one.
 	Rootless bool `json:"rootless,omitempty"`
+	// Owners is RootlessOwners in an unprivileged build.
+	Owners string `json:"owners,omitempty"`
 	// Parts are the layers folded into one by single mode.
 	Parts []inputs `json:"parts,omitempty"`
 	// Embed is an image layer's image.
@@ -102,13 +131,16 @@ func (in *inputs) fields() map[string]string {
 		pkgs = append(pkgs, p+"="+in.Versions[p])
 	}
 	f["packages"] = strings.Join(pkgs, " ")
+	if in.Owners != "" {
+		f["owners"] = in.Owners
+	}
 	if in.Embed != nil {
 		f["embed"] = in.Embed.Format + " " + in.Embed.Manifest.String() + " tag " + in.Embed.Tag
 	}
 	for _, p := range in.Parts {
 		pf := p.fields()
 		for k, v := range pf {
-			if k != "parent" && k != "machine" && k != "arch" && k != "variant" && k != "compression" && k != "mode" && k != "exclude" && k != "source_date_epoch" && k != "tar_rules" {
+			if k != "parent" && k != "machine" && k != "arch" && k != "variant" && k != "compression" && k != "mode" && k != "exclude" && k != "source_date_epoch" && k != "tar_rules" && k != "owners" {
 				f[p.Name+"."+k] = v
 			}
 		}
@@ -144,13 +176,14 @@ func (in *inputs) summary() string {
 type keyer struct {
 	spec     *Spec
 	epoch    *time.Time
+	squash   *overlay.Owner    // see squashOwner
 	versions map[string]string // pkgdata, then the spec's versions:
 	// open opens an image layer's image.
 	open func(ctx context.Context, l Layer) (*oci.Image, error)
 }
 
 func newKeyer(s *Spec, epoch *time.Time) (*keyer, error) {
-	k := &keyer{spec: s, epoch: epoch, versions: map[string]string{}}
+	k := &keyer{spec: s, epoch: epoch, squash: squashOwner(), versions: map[string]string{}}
 	k.open = func(ctx context.Context, l Layer) (*oci.Image, error) {
 		ref, err := oci.ParseReference(l.Ref)
 		if err != nil {
@@ -205,7 +238,7 @@ func (k *keyer) common(parent string, l Layer) inputs {
 		Parent: parent, Name: l.Name, Type: l.Type,
 		Machine: s.Machine, Tune: s.Tune, Arch: s.arch(), Variant: s.Variant,
 		Compression: s.compression(), Mode: s.mode(), Exclude: slices.Sorted(slices.Values(s.Exclude)),
-		TarRules: TarRules, Rootless: os.Geteuid() != 0,
+		TarRules: TarRules, Rootless: os.Geteuid() != 0, Owners: rootlessOwners(),
 	}
 	if k.epoch != nil {
 		in.Epoch = strconv.FormatInt(k.epoch.Unix(), 10)
@@ -301,13 +334,17 @@ func (k *keyer) hashTree(ctx context.Context, h io.Writer, src, dst string, link
 // hashObject hashes one object as the layer will carry it: its path in
 // the image, type, permissions, owner, the mtime the layer will carry,
 // link target, device numbers, the xattrs a layer keeps, and its content,
-// or, for a further name of a hardlinked file, the first name.
+// or, for a further name of a hardlinked file, the first name. Owner,
+// mode and type are the effective ones, as the copy gives them: recorded
+// in an override_stat where the source has one, squashed as an
+// unprivileged build's layer will be.
 func (k *keyer) hashObject(h io.Writer, p, dst string, links map[[2]uint64]string) error {
 	e, err := overlay.Stat(p)
 	if err != nil {
 		return err
 	}
 	meta := e.Meta
+	meta.Squash(k.squash)
 	mtime := meta.Mtime
 	if k.epoch != nil && mtime.After(*k.epoch) {
 		mtime = *k.epoch

@@ -2,6 +2,9 @@ package oci
 
 import (
 	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/bzip2"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +19,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
@@ -70,6 +75,11 @@ type ApplyOptions struct {
 	// Warn hears about what was dropped: xattrs the layer may not set or
 	// this process cannot.
 	Warn func(msg string)
+	// Rootfs: the tar is a root filesystem (`tar -cf - -C ROOTFS .`, as
+	// `--rootfs-tar` takes it), not a layer. A gzip, zstd or bzip2 stream is
+	// decompressed, and a whiteout or opaque marker name in it is refused:
+	// a root filesystem deletes nothing.
+	Rootfs bool
 }
 
 // ApplyResult describes an applied layer.
@@ -83,7 +93,13 @@ type ApplyResult struct {
 // upper: whiteouts are 0:0 char devices, opaque dirs carry an xattr).
 // Unprivileged, it records what it cannot apply the way a rootless union
 // does: user.overlay.opaque, .wh.NAME files where mknod is refused, and
-// owners, modes and device types in user.containers.override_stat.
+// owners, modes and device types in user.containers.override_stat, which
+// it writes for every entry but symlinks (Linux keeps user.* xattrs off
+// them), also where the tar names this process's own ids, and for the
+// parents a tar leaves out (root's, 0755): so that an owner the tar gave is
+// never taken for the applier's own, which a rootless build maps to root
+// (LayerOptions.SquashOwner). Fifos and devices are then empty files whose
+// override names their type.
 //
 // Rejections wrap ErrHostile and are bad input. On any error dir holds a
 // partial layer, which the caller must discard. Apply reads r to its end,
@@ -98,6 +114,14 @@ func Apply(ctx context.Context, r io.Reader, dir string, opts ApplyOptions) (App
 	if err := checkEmpty(root, dir); err != nil {
 		return res, err
 	}
+	if opts.Rootfs {
+		dr, err := decompressed(r)
+		if err != nil {
+			return res, err
+		}
+		defer dr.Close()
+		r = dr
+	}
 	cr := &countingReader{r: r, max: opts.MaxSize}
 	a := &applier{
 		ctx:      ctx,
@@ -105,8 +129,6 @@ func Apply(ctx context.Context, r io.Reader, dir string, opts ApplyOptions) (App
 		opts:     opts,
 		cr:       cr,
 		rootless: os.Geteuid() != 0,
-		uid:      os.Geteuid(),
-		gid:      os.Getegid(),
 		seen:     map[string]kind{"": kindImplicitDir},
 		dirIndex: map[string]int{},
 		buf:      make([]byte, 256<<10),
@@ -214,7 +236,9 @@ type applier struct {
 	opts     ApplyOptions
 	cr       *countingReader
 	rootless bool
-	uid, gid int
+	// noXattrs: the layer dir refused an override record, which was
+	// warned about once.
+	noXattrs bool
 	// seen holds every path this tar wrote, by its cleaned name. It drives
 	// the duplicate and hardlink rules; it never stands in for resolving a
 	// path, which os.Root does afresh for every entry.
@@ -416,6 +440,9 @@ func (a *applier) entry(tr *tar.Reader, hdr *tar.Header) error {
 	}
 	// Markers are recognised by name whatever the entry's type, as every
 	// applier does; only these tar entries ever become markers.
+	if overlay.IsReservedName(base) && a.opts.Rootfs {
+		return reject(name, "a whiteout or opaque marker (%q) in a rootfs tar; a root filesystem deletes nothing", base)
+	}
 	if overlay.IsReservedName(base) {
 		if base == overlay.OpaqueMarker {
 			return a.opaque(name, dir)
@@ -500,6 +527,7 @@ func (a *applier) ensureDir(name, rel string) error {
 	for j := i; j < len(comps); j++ {
 		p := strings.Join(comps[:j+1], "/")
 		err := dir.Mkdir(comps[j], 0o755)
+		made := err == nil
 		switch {
 		case err == nil:
 			a.seen[p] = kindImplicitDir
@@ -519,8 +547,25 @@ func (a *applier) ensureDir(name, rel string) error {
 			dir.Close()
 		}
 		dir = sub
+		if made && a.rootless {
+			if err := a.recordImplicit(name, sub); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// recordImplicit records the owner of a parent the tar left out as what a
+// privileged applier makes it: root's, 0755. A later entry for the
+// directory replaces the record with its own.
+func (a *applier) recordImplicit(name string, dir *os.Root) error {
+	f, err := dir.OpenFile(".", os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fsError(name, err)
+	}
+	defer f.Close()
+	return a.record(name, int(f.Fd()), overlay.Override{Mode: 0o755, Type: overlay.TypeDir})
 }
 
 func (a *applier) setDir(m dirMeta) {
@@ -797,7 +842,7 @@ func (a *applier) special(hdr *tar.Header, rel string) error {
 	defer pf.Close()
 	pfd := int(pf.Fd())
 	mode := uint32(hdr.Mode) & 07777
-	if a.rootless && (typ != overlay.TypeFifo || a.needOverride(hdr, overlay.TypeFifo)) {
+	if a.rootless {
 		// Unprivileged: no mknod for devices, and a fifo cannot carry the
 		// override xattr. An empty file whose override names the type is
 		// what the union (and containers/storage) reads back as the device.
@@ -937,22 +982,12 @@ func (a *applier) opaque(name, dir string) error {
 	return nil
 }
 
-// needOverride reports whether an unprivileged applier must record the
-// entry's owner and mode instead of applying them: another owner, setuid
-// and setgid bits (which the kernel may clear or refuse), or a mode that
-// would lock the union's own daemon out of the object.
-func (a *applier) needOverride(hdr *tar.Header, t overlay.Type) bool {
-	mode := uint32(hdr.Mode) & 07777
-	own := uint32(0o600)
-	if t == overlay.TypeDir {
-		own = 0o700
-	}
-	return hdr.Uid != a.uid || hdr.Gid != a.gid || mode&(unix.S_ISUID|unix.S_ISGID) != 0 || mode&own != own
-}
-
-// owner gives the object open as f the entry's owner, or records it, and
-// returns the mode to set on disk (which the caller sets after this, since
-// chown clears setuid).
+// owner gives the object open as f the entry's owner, or, unprivileged,
+// records it with the mode and type (every entry: see Apply), and returns
+// the mode to set on disk (which the caller sets after this, since chown
+// clears setuid). Unprivileged, that mode keeps the union's own daemon
+// able to read and search the object, and has no setuid or setgid bits,
+// which the kernel may clear or refuse.
 func (a *applier) owner(name string, f *os.File, hdr *tar.Header, t overlay.Type, major, minor uint32) (uint32, error) {
 	mode := uint32(hdr.Mode) & 07777
 	fd := int(f.Fd())
@@ -962,24 +997,55 @@ func (a *applier) owner(name string, f *os.File, hdr *tar.Header, t overlay.Type
 		}
 		return mode, nil
 	}
-	device := t == overlay.TypeChar || t == overlay.TypeBlock || t == overlay.TypeFifo
-	if !device && !a.needOverride(hdr, t) {
-		return mode, nil
-	}
-	// The format containers/storage and fuse-overlayfs 1.14+ write, which
-	// the union lays over the object's stat.
 	o := overlay.Override{UID: uint32(hdr.Uid), GID: uint32(hdr.Gid), Mode: mode, Type: t, Major: major, Minor: minor}
-	if err := unix.Fsetxattr(fd, overlay.XattrOverrideStat, []byte(o.Format()), 0); err != nil {
-		if err != unix.ENOTSUP && err != unix.EPERM {
-			return 0, fsError(name, err)
-		}
-		a.warn("layer entry %s: cannot record owner and mode %s without user xattrs: %v", quoteName(name), o.Format(), err)
+	if err := a.record(name, fd, o); err != nil {
+		return 0, err
 	}
 	real := mode | 0o600
 	if t == overlay.TypeDir {
 		real |= 0o700
 	}
 	return real &^ (unix.S_ISUID | unix.S_ISGID), nil
+}
+
+// record writes an override_stat on the object open as fd, in the format
+// containers/storage and fuse-overlayfs 1.14+ write, which the union lays
+// over the object's stat.
+func (a *applier) record(name string, fd int, o overlay.Override) error {
+	if err := unix.Fsetxattr(fd, overlay.XattrOverrideStat, []byte(o.Format()), 0); err != nil {
+		if err != unix.ENOTSUP && err != unix.EPERM {
+			return fsError(name, err)
+		}
+		if !a.noXattrs {
+			a.warn("layer entry %s: cannot record owner and mode %s without user xattrs (%v); the owners and modes of it and of later entries are lost", quoteName(name), o.Format(), err)
+		}
+		a.noXattrs = true
+	}
+	return nil
+}
+
+// decompressed reads r as gzip, zstd or bzip2 where its magic says so,
+// else as it is.
+func decompressed(r io.Reader) (io.ReadCloser, error) {
+	br := bufio.NewReaderSize(r, 1<<20)
+	magic, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, inputerr.New("rootfs tar: gzip: %v", err)
+		}
+		return gz, nil
+	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			return nil, inputerr.New("rootfs tar: zstd: %v", err)
+		}
+		return zr.IOReadCloser(), nil
+	case bytes.HasPrefix(magic, []byte("BZh")):
+		return io.NopCloser(bzip2.NewReader(br)), nil
+	}
+	return io.NopCloser(br), nil
 }
 
 // xattrSetter sets one xattr on the object being applied.

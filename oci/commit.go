@@ -26,6 +26,15 @@ import (
 type CommitOptions struct {
 	// Upper is the layer dir whose delta becomes the new layer.
 	Upper string
+	// RootfsTar, in place of Upper, is a root filesystem as a tar stream
+	// (`tar -cf - -C ROOTFS .`, maybe compressed): how a fake root
+	// (pseudo, fakeroot) hands over owners that only it knows. It is
+	// applied as the hostile input it is (Apply, with Rootfs set) into a
+	// temp dir beside the output, and committed as a rootfs (Layer.Rootfs
+	// is set). Unprivileged, the owners go into override records and
+	// Layer.SquashOwner defaults to this process's ids, so that symlinks,
+	// which cannot carry a record, are root's.
+	RootfsTar io.Reader
 	// Lowers are the layer dirs beneath Upper, base first. Without them the
 	// lower view is listed from the parent image's layer tars.
 	Lowers []string
@@ -59,7 +68,11 @@ type CommitResult struct {
 // checks all input before writing anything; on any failure the layout is
 // left as it was.
 func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err error) {
-	if err := checkDir(opts.Upper, "upper"); err != nil {
+	if opts.RootfsTar != nil {
+		if opts.Upper != "" {
+			return res, inputerr.New("commit: an upper and a rootfs tar: give one")
+		}
+	} else if err := checkDir(opts.Upper, "upper"); err != nil {
 		return res, err
 	}
 	for _, l := range opts.Lowers {
@@ -72,6 +85,17 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 	}
 	if opts.Image.Transport != TransportOCI {
 		return commitElsewhere(ctx, opts)
+	}
+	if opts.RootfsTar != nil {
+		dir, cleanup, err := applyRootfsTar(ctx, opts)
+		if err != nil {
+			return res, err
+		}
+		defer cleanup()
+		opts.Upper, opts.RootfsTar, opts.Layer.Rootfs = dir, nil, true
+		if opts.Layer.SquashOwner == nil && os.Geteuid() != 0 {
+			opts.Layer.SquashOwner = &overlay.Owner{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
+		}
 	}
 	out := opts.Image
 	o, err := openOutput(out)
@@ -193,6 +217,33 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 		return res, err
 	}
 	return CommitResult{Layer: layer, Manifest: mdesc, Image: out, Layers: len(manifest.Layers)}, nil
+}
+
+// applyRootfsTar applies opts.RootfsTar into rootfs/ of a temp dir beside
+// the output layout: on its filesystem, where a killed commit's leftovers
+// are swept like its half-built layouts (removeStaleLayouts), and in a
+// 0700 dir, since as root it holds the tar's setuid files and devices.
+func applyRootfsTar(ctx context.Context, opts CommitOptions) (string, func(), error) {
+	parent := filepath.Dir(filepath.Clean(opts.Image.Path))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", nil, err
+	}
+	removeStaleLayouts(parent)
+	tmp, err := os.MkdirTemp(parent, fmt.Sprintf("%s%d-rootfs-", tmpPrefix, os.Getpid()))
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup := func() { os.RemoveAll(tmp) }
+	dir := filepath.Join(tmp, "rootfs")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	if _, err := Apply(ctx, opts.RootfsTar, dir, ApplyOptions{Rootfs: true, Warn: opts.Layer.Warn}); err != nil {
+		cleanup()
+		return "", nil, fmt.Errorf("rootfs tar: %w", err) // bad input stays so
+	}
+	return dir, cleanup, nil
 }
 
 // layoutExists reports whether ref names an existing OCI layout. An empty

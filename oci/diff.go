@@ -213,10 +213,11 @@ func (d *differ) entry(rel, abs string, e *overlay.Entry, sc scope) error {
 	}
 	ap := filepath.Join(abs, e.Name)
 	m := &e.Meta
+	m.Squash(d.opts.SquashOwner)
 	var lm *overlay.Meta
 	if sc != scopeEmpty {
 		var err error
-		if lm, err = d.lower.Lookup(p); err != nil {
+		if lm, err = d.lowerLookup(p); err != nil {
 			return err
 		}
 	}
@@ -275,6 +276,18 @@ func (d *differ) entry(rel, abs string, e *overlay.Entry, sc scope) error {
 		}
 	}
 	return d.emit(p, ap, m)
+}
+
+// lowerLookup is the lower's object at p, with its owner squashed as the
+// committed dir's are (LayerOptions.SquashOwner), so that the two compare.
+func (d *differ) lowerLookup(p string) (*overlay.Meta, error) {
+	lm, err := d.lower.Lookup(p)
+	if lm == nil || err != nil || d.opts.SquashOwner == nil || !lm.OnDiskOwner {
+		return lm, err
+	}
+	c := *lm // the lower's own, maybe cached
+	c.Squash(d.opts.SquashOwner)
+	return &c, nil
 }
 
 // sameMeta reports whether an upper object adds nothing over the lower one
@@ -545,10 +558,11 @@ func (d *differ) sameGroup(paths []string) (bool, error) {
 		if e.Whiteout {
 			return false, nil // refused when the walk gets there
 		}
-		lm, err := d.lower.Lookup(p)
+		lm, err := d.lowerLookup(p)
 		if err != nil {
 			return false, err
 		}
+		e.Meta.Squash(d.opts.SquashOwner)
 		if lm == nil || !d.sameMeta(&e.Meta, lm) {
 			return false, nil
 		}

@@ -103,6 +103,15 @@ type LayerOptions struct {
 	// details and ValidateExclude to check patterns up front; WriteLayer
 	// refuses bad ones as bad input.
 	Exclude []string
+	// SquashOwner, when set, maps the owner a rootless writer leaves on
+	// disk to root, as rootless podman's user namespace does: an object of
+	// the committed dir or of a layer-dir lower that carries no ownership
+	// record (override_stat) and whose uid is SquashOwner.UID is written
+	// as uid 0, and one whose gid is SquashOwner.GID as gid 0. Recorded
+	// owners, and the owners of a lower listed from an image's tars, stay
+	// as they are. A rootless build sets it to its own euid and egid: what
+	// its install commands create unchowned is root's in the image.
+	SquashOwner *overlay.Owner
 	// Warn receives notes about skipped entries (sockets).
 	Warn func(msg string)
 }

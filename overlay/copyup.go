@@ -172,6 +172,18 @@ func (u *Union) setOwner(p string, uid, gid, mode uint32, hasOverride bool) erro
 	if err := unix.Lchown(p, int(uid), int(gid)); err == nil {
 		return nil
 	}
+	if u.recordChowns {
+		// Recorded, the daemon's own ids would be explicit, and a
+		// squashing commit would keep them: they stand for root's, as
+		// that commit reads them on disk (a file made in a setgid
+		// directory of a group the daemon is not in).
+		if int(uid) == os.Geteuid() {
+			uid = 0
+		}
+		if int(gid) == os.Getegid() {
+			gid = 0
+		}
+	}
 	return u.recordOverride(p, uid, gid, mode)
 }
 

@@ -61,6 +61,8 @@ func statWith(path string, st *unix.Stat_t) (Entry, error) {
 			return e, fmt.Errorf("%s: %w", path, err)
 		}
 		o.apply(&e.Meta)
+	} else {
+		e.Meta.OnDiskOwner = true
 	}
 	if e.Meta.Type == TypeSymlink {
 		if e.Meta.Link, err = os.Readlink(path); err != nil {

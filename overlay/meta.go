@@ -82,6 +82,28 @@ type Meta struct {
 	Nlink uint64
 	Dev   uint64
 	Ino   uint64
+	// OnDiskOwner: UID and GID are the owner of a layer dir's object on
+	// disk, with no override_stat recorded over them (Stat sets it). An
+	// owner from an override, or from a tar header, was chosen; this one
+	// may only be whoever wrote the layer dir, which Squash can map.
+	OnDiskOwner bool
+}
+
+// Squash maps the on-disk owner of a layer dir written without privileges
+// to root, as rootless podman's user namespace maps its user: uid o.UID
+// becomes 0, and gid o.GID becomes 0, each on its own. Owners that were
+// recorded (override_stat) or named by a tar are explicit and stay; so do
+// all owners when o is nil.
+func (m *Meta) Squash(o *Owner) {
+	if o == nil || !m.OnDiskOwner {
+		return
+	}
+	if m.UID == o.UID {
+		m.UID = 0
+	}
+	if m.GID == o.GID {
+		m.GID = 0
+	}
 }
 
 // IsDir reports whether m describes a directory.

@@ -9,7 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Owner is who creates an object: the caller's uid and gid.
+// Owner is a uid and gid: who creates an object (the caller's), or whose
+// on-disk ownership Meta.Squash maps to root.
 type Owner struct{ UID, GID uint32 }
 
 // The mutations below follow the kernel overlayfs: copy up before any
@@ -647,7 +648,7 @@ func (u *Union) chown(p string, o *Object, uid, gid uint32) error {
 			mode &^= unix.S_ISGID
 		}
 	}
-	if int(uid) == os.Geteuid() && int(gid) == os.Getegid() {
+	if !u.recordChowns && int(uid) == os.Geteuid() && int(gid) == os.Getegid() {
 		if _, err := getXattr(p, XattrOverrideStat); err == unix.ENODATA {
 			return nil
 		}

@@ -26,8 +26,10 @@ type Union struct {
 	upper    string // "" when read-only
 	work     string
 	rootless bool
-	ns       sync.RWMutex
-	tmpSeq   atomic.Uint64
+	// recordChowns: see UnionOptions.RecordChowns.
+	recordChowns bool
+	ns           sync.RWMutex
+	tmpSeq       atomic.Uint64
 	// onCopyUp hears of each copy-up: the object is served by another
 	// layer file now, and stat may say other things of it (a copied-up
 	// directory is a merged one).
@@ -69,6 +71,16 @@ type UnionOptions struct {
 	// user.containers.override_stat, and marks opaque dirs with
 	// user.overlay.opaque, as containers/storage and fuse-overlayfs do.
 	Rootless bool
+	// RecordChowns (rootless only) records every chown in the override,
+	// also one to the daemon's own uid and gid, which would otherwise
+	// leave the object as it is. The owner set explicitly is then told
+	// apart from the daemon's own on-disk ownership of what it created,
+	// which a commit that squashes the daemon's ids to root
+	// (oci.LayerOptions.SquashOwner) turns into root. Where the owner of
+	// an object the daemon creates must be recorded (a group it cannot
+	// give), its own ids in it are recorded as root's, as such a commit
+	// would read them on disk.
+	RecordChowns bool
 	// OnCopyUp, if set, is called (under the namespace lock) for each
 	// object copied up, with the object before and after.
 	OnCopyUp func(rel string, from, to Object)
@@ -88,7 +100,7 @@ func NewUnion(o UnionOptions) (*Union, error) {
 			return nil, fmt.Errorf("lower %s: %w", l, err)
 		}
 	}
-	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, onCopyUp: o.OnCopyUp, onGone: o.OnGone, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
+	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, recordChowns: o.RecordChowns, onCopyUp: o.OnCopyUp, onGone: o.OnGone, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
 	if o.Upper == "" {
 		return u, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"strconv"
@@ -13,12 +14,15 @@ import (
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/vcs"
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/overlay"
 )
 
 type commitCmd struct {
-	Upper           string   `xor:"source" placeholder:"DIR" help:"Layer dir whose delta becomes the layer: an overlayfs, fuse-overlayfs or layerfs upper, or a plain dir. Exactly one of --upper and --rootfs."`
-	Rootfs          string   `xor:"source" placeholder:"DIR" help:"A full root filesystem (no overlay markers) whose differences from the lowers become the layer: additions and changes, and with --deletions also whiteouts. Exactly one of --upper and --rootfs."`
-	Deletions       bool     `help:"With --rootfs: white out every path the lowers have and the rootfs lacks (without it the layer has no whiteouts)."`
+	Upper           string   `xor:"source" placeholder:"DIR" help:"Layer dir whose delta becomes the layer: an overlayfs, fuse-overlayfs or layerfs upper, or a plain dir. Exactly one of --upper, --rootfs and --rootfs-tar."`
+	Rootfs          string   `xor:"source" placeholder:"DIR" help:"A full root filesystem (no overlay markers) whose differences from the lowers become the layer: additions and changes, and with --deletions also whiteouts. Exactly one of --upper, --rootfs and --rootfs-tar."`
+	RootfsTar       string   `name:"rootfs-tar" xor:"source" placeholder:"FILE|-" help:"A full root filesystem as a tar stream ('-': stdin; gzip, zstd or bzip2 too), committed as --rootfs would commit it: e.g. 'tar -cf - -C ROOTFS .' run under pseudo or fakeroot, whose owners only the fake root knows. The tar is checked like a base image's layers and unpacked into a temp dir beside the output."`
+	Deletions       bool     `help:"With --rootfs or --rootfs-tar: white out every path the lowers have and the rootfs lacks (without it the layer has no whiteouts)."`
+	SquashOwner     bool     `name:"squash-owner" help:"Write what the committing user owns on disk as root's (uid and gid each), as rootless podman maps its user: for an upper or rootfs written by a rootless layerfs mount of this user, where the files an install made without chowning them are to be root's. Owners recorded by a chown through the mount (override_stat) stay. Implied by --rootfs-tar when not root."`
 	Lower           []string `placeholder:"DIR" sep:"none" help:"Layer dir beneath the upper or rootfs, base first (repeatable). Without it the lower view is listed from the image's layer tars."`
 	Exclude         []string `sep:"none" placeholder:"PATTERN" help:"Leave out this image path and everything beneath it, e.g. /var/cache/** (repeatable): no entry, no whiteout. * and ? match within one component, a ** component any number of components; a trailing /** keeps the dir itself."`
 	Image           string   `required:"" placeholder:"REF" help:"Output image, any transport. An existing tag is appended to; a new layout's tag defaults to latest."`
@@ -81,8 +85,18 @@ func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
 	opts := oci.CommitOptions{Upper: c.Upper, Lowers: c.Lower, History: c.History, Insecure: c.Insecure}
 	var err error
 	// Not kong's required: its usage line would then demand both.
-	if c.Upper == "" && c.Rootfs == "" {
-		return opts, inputerr.New("missing flags: --upper=DIR or --rootfs=DIR")
+	if c.Upper == "" && c.Rootfs == "" && c.RootfsTar == "" {
+		return opts, inputerr.New("missing flags: --upper=DIR or --rootfs=DIR (or --rootfs-tar=FILE|-)")
+	}
+	if c.RootfsTar != "" {
+		r, err := openRootfsTar(c.RootfsTar)
+		if err != nil {
+			return opts, err
+		}
+		opts.RootfsTar = r
+	}
+	if c.SquashOwner {
+		opts.Layer.SquashOwner = &overlay.Owner{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
 	}
 	if c.Rootfs != "" {
 		// Checked here so that the error names the flag; oci.Commit would
@@ -93,8 +107,8 @@ func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
 		opts.Upper = c.Rootfs
 		opts.Layer.Rootfs = true
 	}
-	if c.Deletions && c.Rootfs == "" {
-		return opts, inputerr.New("--deletions: only with --rootfs (an overlay upper records its deletions as whiteouts)")
+	if c.Deletions && c.Rootfs == "" && c.RootfsTar == "" {
+		return opts, inputerr.New("--deletions: only with --rootfs or --rootfs-tar (an overlay upper records its deletions as whiteouts)")
 	}
 	opts.Layer.Deletions = c.Deletions
 	if err := oci.ValidateExclude(c.Exclude); err != nil {
@@ -165,6 +179,26 @@ func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
 		}
 	}
 	return opts, ch.Validate()
+}
+
+// openRootfsTar opens --rootfs-tar: stdin for "-". A file stays open
+// until the process ends, as the commit reads it to its end.
+func openRootfsTar(name string) (io.Reader, error) {
+	if name == "-" {
+		return os.Stdin, nil
+	}
+	f, err := os.Open(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, inputerr.New("--rootfs-tar %s: does not exist", name)
+	case err != nil:
+		return nil, inputerr.Wrap(fmt.Errorf("--rootfs-tar %s: %w", name, err))
+	}
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		f.Close()
+		return nil, inputerr.New("--rootfs-tar %s: a directory; give it as --rootfs, or a tar of it", name)
+	}
+	return f, nil
 }
 
 func checkRootfsDir(dir string) error {
