@@ -74,7 +74,7 @@ func (c *copier) items(items []copyItem) error {
 		if err := c.parents(it, rel); err != nil {
 			return err
 		}
-		if err := c.tree(it.src, rel); err != nil {
+		if err := c.tree(it.src, rel, it.replace); err != nil {
 			return err
 		}
 	}
@@ -156,8 +156,8 @@ func (c *copier) parents(it copyItem, rel string) error {
 }
 
 // tree copies src to rel, recursively; names the image already holds are
-// kept.
-func (c *copier) tree(src, rel string) error {
+// kept, or with replace replaced where they differ.
+func (c *copier) tree(src, rel string, replace bool) error {
 	if err := c.ctx.Err(); err != nil {
 		return err
 	}
@@ -166,6 +166,20 @@ func (c *copier) tree(src, rel string) error {
 		return err
 	}
 	dt, err := c.root.Lstat(rel)
+	if err == nil && replace && !(st.IsDir() && dt.IsDir()) {
+		same, serr := c.same(src, rel)
+		if serr != nil {
+			return serr
+		}
+		if same {
+			return nil
+		}
+		// Through the union: what a lower holds is whited out.
+		if err := c.root.RemoveAll(rel); err != nil {
+			return fmt.Errorf("/%s: %w", rel, err)
+		}
+		dt, err = nil, fs.ErrNotExist
+	}
 	switch {
 	case err == nil && !(st.IsDir() && dt.IsDir()):
 		return nil // the layers below hold it
@@ -184,11 +198,43 @@ func (c *copier) tree(src, rel string) error {
 		return err
 	}
 	for _, e := range ents {
-		if err := c.tree(filepath.Join(src, e.Name()), rel+"/"+e.Name()); err != nil {
+		if err := c.tree(filepath.Join(src, e.Name()), rel+"/"+e.Name(), replace); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// same reports whether the image's object at rel is the source's as
+// rsync's quick check sees it: type, effective owner and mode, size and
+// mtime, and a symlink's target.
+func (c *copier) same(src, rel string) (bool, error) {
+	e, err := overlay.Stat(src)
+	if err != nil {
+		return false, err
+	}
+	m := e.Meta
+	m.Squash(c.squash)
+	var st unix.Stat_t
+	if err := unix.Lstat(src, &st); err != nil {
+		return false, err
+	}
+	var dst unix.Stat_t
+	err = c.at(rel, func(pfd int, base string) error {
+		return unix.Fstatat(pfd, base, &dst, unix.AT_SYMLINK_NOFOLLOW)
+	})
+	if err != nil {
+		return false, fmt.Errorf("/%s: %w", rel, err)
+	}
+	if dst.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT || dst.Mode&07777 != m.Mode&07777 ||
+		dst.Uid != m.UID || dst.Gid != m.GID || dst.Size != st.Size || dst.Mtim != st.Mtim {
+		return false, nil
+	}
+	if m.Type == overlay.TypeSymlink {
+		target, err := c.root.Readlink(rel)
+		return err == nil && target == m.Link, nil
+	}
+	return true, nil
 }
 
 // one copies a single object with its metadata and the xattrs a layer

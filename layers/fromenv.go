@@ -135,7 +135,8 @@ func FromEnv(ctx context.Context, lookup func(string) (string, bool), image stri
 		if err != nil {
 			return bad("IMAGE_ROOTFS: %v", err)
 		}
-		l := Layer{Name: "rootfs", Type: TypeDirectories, Source: rootfs}
+		// The class copies the rootfs over the base with rsync -a.
+		l := Layer{Name: "rootfs", Type: TypeDirectories, Source: rootfs, Replace: true}
 		for _, e := range ents {
 			if !strings.HasPrefix(e.Name(), ".") {
 				l.Paths = append(l.Paths, "/"+e.Name())

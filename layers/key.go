@@ -100,6 +100,8 @@ type inputs struct {
 	Owners string `json:"owners,omitempty"`
 	// Parts are the layers folded into one by single mode.
 	Parts []inputs `json:"parts,omitempty"`
+	// Replace: the copy replaces what the layers below hold.
+	Replace bool `json:"replace,omitempty"`
 	// Embed is an image layer's image.
 	Embed *embedInputs `json:"embed,omitempty"`
 }
@@ -267,6 +269,7 @@ func (k *keyer) layer(ctx context.Context, parent string, l Layer) (inputs, erro
 		in.Embed = &embedInputs{Manifest: img.ManifestDesc.Digest, Format: l.format(), Tag: l.embedTag()}
 	default:
 		items := k.spec.copies(l)
+		in.Replace = l.Replace || l.Type == TypeHost
 		h := sha256.New()
 		links := map[[2]uint64]string{}
 		for _, it := range items {
@@ -298,6 +301,9 @@ type copyItem struct {
 	// fromRootfs: the parents of dst are the source rootfs's own, and
 	// are copied with their metadata when the lowers lack them.
 	fromRootfs string
+	// replace: what the layers below hold at a path is replaced where it
+	// differs (rsync -a without --delete), instead of kept.
+	replace bool
 }
 
 func (s *Spec) copies(l Layer) []copyItem {
@@ -306,12 +312,13 @@ func (s *Spec) copies(l Layer) []copyItem {
 	case TypeDirectories, TypeFiles:
 		src := s.path(l.Source)
 		for _, p := range l.Paths {
-			items = append(items, copyItem{src: filepath.Join(src, p), dst: p, fromRootfs: src})
+			items = append(items, copyItem{src: filepath.Join(src, p), dst: p, fromRootfs: src, replace: l.Replace})
 		}
 	case TypeHost:
+		// As the class's cp -a, a host copy overwrites.
 		for _, c := range l.Copy {
 			src, dst, _ := cutLast(c, ":")
-			items = append(items, copyItem{src: s.path(src), dst: dst})
+			items = append(items, copyItem{src: s.path(src), dst: dst, replace: true})
 		}
 	}
 	return items

@@ -90,6 +90,10 @@ type Layer struct {
 	Source   string   `yaml:"source"`
 	Paths    []string `yaml:"paths"`
 	Copy     []string `yaml:"copy"`
+	// Replace makes a directories or files layer copy over what the
+	// layers below hold where it differs, as rsync -a does, instead of
+	// adding only what they lack.
+	Replace bool `yaml:"replace"`
 	// Ref, Path and Format are an image layer's: the image to embed,
 	// where, and as what (oci-archive, the default; oci-dir; rootfs).
 	Ref    string `yaml:"ref"`
@@ -287,6 +291,9 @@ func (s *Spec) Validate() error {
 func (s *Spec) validateLayer(l Layer) error {
 	if l.Type != TypeImage && (l.Ref != "" || l.Path != "" || l.Format != "") {
 		return fmt.Errorf("ref:, path: and format: belong to image layers")
+	}
+	if l.Replace && l.Type != TypeDirectories && l.Type != TypeFiles {
+		return fmt.Errorf("replace: belongs to directories and files layers (host layers always replace)")
 	}
 	needSource := func() error {
 		if l.Source == "" {

@@ -13,6 +13,7 @@ export CI=${CI:-1}
 packages=(
 	fuse3 fuse-overlayfs umoci skopeo podman runc docker-registry
 	busybox-static pigz attr acl libcap2-bin uidmap tar git debootstrap
+	pseudo fakeroot
 )
 missing=()
 for p in "${packages[@]}"; do

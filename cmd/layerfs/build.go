@@ -22,7 +22,7 @@ type buildCmd struct {
 	Specs        []string      `arg:"" optional:"" name:"spec" placeholder:"SPEC.yaml" help:"Build specs (YAML). Without one, --image and --layer describe the build. With several, a spec whose base or image layer reads another's output waits for it, and the others build in parallel (--jobs)."`
 	Jobs         int           `short:"j" placeholder:"N" help:"With several specs: how many build at once (default: the number of CPUs)."`
 	FromEnv      bool          `name:"from-env" help:"Build from the variables of Yocto's image-oci class in the environment (OCI_LAYERS, OCI_IMAGE_*, IMGDEPLOYDIR, ...), as the class would; see README."`
-	RootfsTar    string        `name:"rootfs-tar" placeholder:"FILE|-" help:"The source rootfs of directories and files layers as a tar stream ('-': stdin), e.g. made by tar under pseudo or fakeroot, whose owners layerfs could not see on disk."`
+	RootfsTar    string        `name:"rootfs-tar" placeholder:"FILE|-" help:"The source rootfs of directories and files layers as a tar stream ('-': stdin; gzip, zstd or bzip2 too), e.g. made by tar under pseudo or fakeroot, whose owners layerfs could not see on disk; the layers then need no source:."`
 	Image        string        `placeholder:"oci:DIR[:TAG]" help:"Output image; overrides the spec's image:. The tag is replaced, other tags stay."`
 	Base         string        `placeholder:"REF" help:"Base image; overrides the spec's base:."`
 	Cache        string        `placeholder:"DIR" help:"Layer cache (default: $XDG_CACHE_HOME/layerfs)."`
@@ -65,6 +65,9 @@ func (c *buildCmd) Run(e *env) error {
 		}
 		specs = append(specs, s)
 	} else if len(c.Specs) > 1 {
+		if c.RootfsTar != "" {
+			return inputerr.New("--rootfs-tar is one stream, for one spec: give it with one spec")
+		}
 		if c.Image != "" || c.Base != "" || c.Layer != nil || c.Rootfs != "" {
 			return inputerr.New("--image, --base, --layer and --rootfs describe one build: give them with one spec")
 		}
@@ -206,6 +209,8 @@ func (c *buildCmd) spec(file string) (*layers.Spec, error) {
 		rootfs := c.Rootfs
 		if rootfs != "" {
 			rootfs, _ = filepath.Abs(rootfs)
+		} else if c.RootfsTar != "" {
+			rootfs = "." // the stream's tree takes its place
 		}
 		for _, f := range c.Layer {
 			l, err := layers.ParseLayerFlag(f, rootfs)
