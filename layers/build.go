@@ -75,8 +75,10 @@ type LayerReport struct {
 	// Downloaded and Uploaded count the bytes moved to and from the
 	// shared tiers for this layer; Pushed says it went to --cache-to.
 	Downloaded int64 `json:"downloaded,omitempty"`
-	Uploaded   int64 `json:"uploaded,omitempty"`
-	Pushed     bool  `json:"pushed,omitempty"`
+	// Pull is the time a remote hit took: lookup, download, apply.
+	Pull     Seconds `json:"pull_seconds,omitempty"`
+	Uploaded int64   `json:"uploaded,omitempty"`
+	Pushed   bool    `json:"pushed,omitempty"`
 }
 
 // Seconds is a duration that marshals as seconds.

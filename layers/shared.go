@@ -85,6 +85,8 @@ func (ts *tiers) fetch(ctx context.Context, t *remote.Tier, in *inputs, key stri
 		if !ts.alive(t) {
 			return cache.Info{}, errNextMaker
 		}
+		start := time.Now()
+		defer func() { rep.Pull += Seconds(time.Since(start)) }()
 		a, tr, err := t.Get(ctx, key)
 		rep.Downloaded += tr.Downloaded
 		if err == nil && a != nil && !bytes.Equal(a.Inputs, in.canonical()) {

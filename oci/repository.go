@@ -40,7 +40,6 @@ type RepositoryOptions struct {
 type Repository struct {
 	ref  Reference // the repository alone, for messages
 	opts RepositoryOptions
-	env  registryEnv
 	repo name.Repository
 
 	mu     sync.Mutex
@@ -83,7 +82,7 @@ func openRepositoryWith(ref Reference, opts RepositoryOptions, env registryEnv) 
 	if err != nil {
 		return nil, inputerr.New("%s: %v", ref, err)
 	}
-	r := &Repository{ref: ref, opts: opts, env: env, repo: repo, rt: progressTransport{rt}, creds: creds}
+	r := &Repository{ref: ref, opts: opts, repo: repo, rt: progressTransport{rt}, creds: creds}
 	ropts := []remote.Option{remote.WithAuth(creds.auth), remote.WithTransport(r.rt), remote.WithUserAgent(registryUserAgent)}
 	if r.pusher, err = remote.NewPusher(ropts...); err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
