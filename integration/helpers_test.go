@@ -133,3 +133,23 @@ func makeSocket(rel string) func(string) error {
 		return nil
 	}
 }
+
+// configJSON is an image config as skopeo inspect --config --raw prints
+// it: the fields the tests compare.
+type configJSON struct {
+	Architecture string `json:"architecture"`
+	Variant      string `json:"variant"`
+	OS           string `json:"os"`
+	Author       string `json:"author"`
+	Created      string `json:"created"`
+	Config       struct {
+		Entrypoint   []string            `json:"Entrypoint"`
+		Cmd          []string            `json:"Cmd"`
+		Env          []string            `json:"Env"`
+		Labels       map[string]string   `json:"Labels"`
+		ExposedPorts map[string]struct{} `json:"ExposedPorts"`
+		User         string              `json:"User"`
+		WorkingDir   string              `json:"WorkingDir"`
+		StopSignal   string              `json:"StopSignal"`
+	} `json:"config"`
+}

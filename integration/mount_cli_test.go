@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -194,39 +194,12 @@ func mcCountOp(log, op, node string) int {
 // A normal user mounts through fusermount3; chown and setuid modes the
 // daemon cannot apply are recorded and shown, and commit writes them.
 func TestMountUnprivileged(t *testing.T) {
-	testenv.NeedRoot(t)
-	needTool(t, "fusermount3")
-	needTool(t, "useradd")
+	// A user made for the test, /dev/fuse 0666 as a distro's udev leaves
+	// it (this machine has 0600), and a copy of layerfs it may run.
+	fu := newFakeRootUser(t)
 	const name = "layerfs-test"
-	if _, err := user.Lookup(name); err != nil {
-		if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name).CombinedOutput(); err != nil {
-			t.Fatalf("useradd: %v %s", err, out)
-		}
-	}
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A distro's udev leaves /dev/fuse 0666; this machine has 0600.
-	st, err := os.Stat("/dev/fuse")
-	if err != nil {
-		testenv.Unavailable(t, "/dev/fuse: %v", err)
-	}
-	if st.Mode().Perm() != 0o666 {
-		os.Chmod("/dev/fuse", 0o666)
-		t.Cleanup(func() { os.Chmod("/dev/fuse", st.Mode().Perm()) })
-	}
-	base, err := os.MkdirTemp("", "lfs-user-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	os.Chmod(base, 0o755)
-	bin := filepath.Join(base, "layerfs")
-	copyTree(t, layerfsBin, bin)
-	os.Chmod(bin, 0o755)
-	work := filepath.Join(base, "w")
-	os.Mkdir(work, 0o755)
+	u := struct{ Uid string }{strconv.Itoa(fu.uid)}
+	bin, work := fu.bin, fu.work
 	runScript(t, work, "dirs", fmt.Sprintf(`mkdir lower devlower; echo hi > lower/f; mknod devlower/null c 1 3; chmod 666 devlower/null; chown -R %s lower; chown %s .`, u.Uid, u.Uid))
 
 	asUser := func(script string) string {

@@ -504,19 +504,7 @@ func TestInspectAgreesWithSkopeo(t *testing.T) {
 	}
 
 	var cfg struct {
-		Architecture string `json:"architecture"`
-		OS           string `json:"os"`
-		Created      string `json:"created"`
-		Config       struct {
-			Entrypoint   []string            `json:"Entrypoint"`
-			Cmd          []string            `json:"Cmd"`
-			Env          []string            `json:"Env"`
-			Labels       map[string]string   `json:"Labels"`
-			ExposedPorts map[string]struct{} `json:"ExposedPorts"`
-			User         string              `json:"User"`
-			WorkingDir   string              `json:"WorkingDir"`
-			StopSignal   string              `json:"StopSignal"`
-		} `json:"config"`
+		configJSON
 		RootFS struct {
 			DiffIDs []string `json:"diff_ids"`
 		} `json:"rootfs"`

@@ -160,32 +160,13 @@ func yoctoSkopeoInspect(t *testing.T, ref string) skopeoInspect {
 	return r
 }
 
-// yoctoConfig is an image config as skopeo inspect --config --raw prints it.
-type yoctoConfig struct {
-	Architecture string `json:"architecture"`
-	Variant      string `json:"variant"`
-	OS           string `json:"os"`
-	Author       string `json:"author"`
-	Created      string `json:"created"`
-	Config       struct {
-		Entrypoint   []string            `json:"Entrypoint"`
-		Cmd          []string            `json:"Cmd"`
-		Env          []string            `json:"Env"`
-		Labels       map[string]string   `json:"Labels"`
-		ExposedPorts map[string]struct{} `json:"ExposedPorts"`
-		User         string              `json:"User"`
-		WorkingDir   string              `json:"WorkingDir"`
-		StopSignal   string              `json:"StopSignal"`
-	} `json:"config"`
-}
-
-func yoctoImageConfig(t *testing.T, ref string) (yoctoConfig, string) {
+func yoctoImageConfig(t *testing.T, ref string) (configJSON, string) {
 	t.Helper()
 	out, err := exec.Command("skopeo", "inspect", "--config", "--raw", ref).Output()
 	if err != nil {
 		t.Fatalf("skopeo inspect --config --raw %s: %v", ref, err)
 	}
-	var c yoctoConfig
+	var c configJSON
 	if err := json.Unmarshal(out, &c); err != nil {
 		t.Fatalf("config of %s: %v\n%s", ref, err, out)
 	}
