@@ -111,6 +111,8 @@ type builder struct {
 	lowers  []string // layer dirs of the stack so far, base first
 	release []func()
 	tiers   *tiers
+	// prefetched are the background fetches of remote entries, by key.
+	prefetched map[string]*prefetch
 	// repMu guards the reports that pushes in the background update.
 	repMu sync.Mutex
 }
@@ -208,18 +210,28 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		}
 		entries = append(entries, e)
 	} else {
+		// Every key is known before anything is built (a key chains its
+		// parent's key), so remote entries can be fetched ahead.
+		ins := make([]inputs, len(s.Layers))
 		for i, l := range s.Layers {
 			in, err := b.keys.layer(ctx, parent, l)
 			if err != nil {
 				return nil, err
 			}
-			e, err := b.layer(ctx, in, []Layer{l}, &reps[i])
+			ins[i], parent = in, in.key()
+		}
+		if len(b.tiers.from) > 0 {
+			var stop func()
+			b.prefetched, stop = b.prefetchAll(ctx, ins)
+			defer stop()
+		}
+		for i, l := range s.Layers {
+			e, err := b.layer(ctx, ins[i], []Layer{l}, &reps[i])
 			if err != nil {
 				return nil, err
 			}
 			entries = append(entries, e)
 			b.push(e)
-			parent = e.Info.Key
 		}
 	}
 	for _, r := range reps {
@@ -487,8 +499,14 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerRe
 	var install, commit time.Duration
 	info := func() cache.Info { return entryInfo(&in, key, b.now()) }
 	var makers []maker
-	for _, t := range b.tiers.from {
-		makers = append(makers, b.tiers.fetch(ctx, t, &in, key, info, rep))
+	pf := b.prefetched[key]
+	if pf != nil {
+		<-pf.done
+	}
+	if pf == nil || !pf.missed {
+		for _, t := range b.tiers.from {
+			makers = append(makers, b.tiers.fetch(ctx, t, &in, key, info, rep))
+		}
 	}
 	makers = append(makers, func(t *cache.Temp) (cache.Info, error) {
 		fmt.Fprintf(b.opts.Log, "OCI Cache MISS: Layer '%s' (%s)\n", in.Name, in.summary())
@@ -517,6 +535,11 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerRe
 	e, made, err := b.lookupOrMake(ctx, key, in.Name, makers...)
 	if err != nil {
 		return nil, err
+	}
+	if made < 0 && pf != nil && pf.rep.Remote != "" {
+		// Fetched ahead from a tier: a remote hit.
+		rep.Remote, rep.Downloaded, rep.Pull = pf.rep.Remote, pf.rep.Downloaded, pf.rep.Pull
+		made = 0
 	}
 	switch {
 	case made < 0:

@@ -245,3 +245,102 @@ func entryInfo(in *inputs, key string, created time.Time) cache.Info {
 		Packages: in.Packages, Versions: in.Versions, Inputs: in.fields(), Machine: in.Machine,
 		KeyInputs: in.canonical(), Created: created}
 }
+
+// prefetch is one layer's background fetch from the shared tiers.
+type prefetch struct {
+	done chan struct{}
+	// rep holds what the fetch did: Remote is the tier it came from ("":
+	// not fetched), Downloaded and Pull its cost.
+	rep LayerReport
+	// missed: every live tier was asked and lacks the key.
+	missed bool
+}
+
+// prefetchAll fetches, two at a time in layer order, the entries of ins
+// that the local cache lacks from the shared tiers, so that the layers
+// above download and unpack while the ones below are being mounted or
+// unpacked. A key's lock is held while its entry is fetched, so the
+// build's own lookup waits for it and then finds it local. Keys are
+// known up front: a key chains its parent's key, not its content. wait
+// stops and waits for the fetches.
+func (b *builder) prefetchAll(ctx context.Context, ins []inputs) (map[string]*prefetch, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	out := map[string]*prefetch{}
+	var order []*inputs
+	for i := range ins {
+		if key := ins[i].key(); out[key] == nil {
+			out[key] = &prefetch{done: make(chan struct{})}
+			order = append(order, &ins[i])
+		}
+	}
+	next := make(chan *inputs)
+	go func() {
+		defer close(next)
+		for _, in := range order {
+			select {
+			case next <- in:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for in := range next {
+				p := out[in.key()]
+				b.prefetchOne(ctx, in, p)
+				close(p.done)
+			}
+		}()
+	}
+	return out, func() {
+		cancel()
+		wg.Wait()
+		for _, p := range out { // those never handed out
+			select {
+			case <-p.done:
+			default:
+				close(p.done)
+			}
+		}
+	}
+}
+
+// prefetchOne fetches one entry into the local cache under its key's lock.
+func (b *builder) prefetchOne(ctx context.Context, in *inputs, p *prefetch) {
+	c := b.opts.Cache
+	key := in.key()
+	unlock, err := c.Lock(ctx, key)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if e, err := c.Lookup(key, in.Name); err != nil || e != nil {
+		return // the build's lookup will find it, or say why not
+	}
+	info := func() cache.Info { return entryInfo(in, key, b.now()) }
+	for _, t := range b.tiers.from {
+		if !b.tiers.alive(t) {
+			continue
+		}
+		tmp, err := c.NewTemp(in.Name)
+		if err != nil {
+			return
+		}
+		i, err := b.tiers.fetch(ctx, t, in, key, info, &p.rep)(tmp)
+		if err != nil {
+			tmp.Abort()
+			continue
+		}
+		if _, err := c.Insert(ctx, tmp, i); err != nil {
+			tmp.Abort()
+			p.rep.Remote = ""
+		}
+		return
+	}
+	// Every tier was asked (or is out): the build need not ask again.
+	p.missed = ctx.Err() == nil
+}
