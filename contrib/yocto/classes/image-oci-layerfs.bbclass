@@ -53,10 +53,14 @@ OCI_IMAGE_BUILD_DATE ?= ""
 
 OCI_IMAGE_TAR_OUTPUT ?= "true"
 
-# The layerfs binary, the install command of packages layers (empty: opkg
-# into the mounted root), and the shared cache tiers (registries).
+# The layerfs binary, the install command of packages layers, and the
+# shared cache tiers (registries). The install command runs with
+# $LAYERFS_ROOT (the layer's mount, holding every layer below) and
+# $LAYERFS_PACKAGES; the default is opkg with the configuration do_rootfs
+# wrote for this image's feeds (ipk images; rpm images set it to their
+# dnf --installroot "$LAYERFS_ROOT" command).
 LAYERFS ?= "layerfs"
-LAYERFS_INSTALL ?= ""
+LAYERFS_INSTALL ?= "opkg -f ${IPKGCONF_TARGET} -o $LAYERFS_ROOT install $LAYERFS_PACKAGES"
 LAYERFS_CACHE_FROM ?= ""
 LAYERFS_CACHE_TO ?= ""
 
