@@ -7,7 +7,7 @@
 # Each spec has 3 packages layers (--layers), and each layer installs one package:
 # a .tar.gz made from one part of bench/cache_fixture.py's Debian-like base of 6,000
 # files (--files; seed = the spec's number), so ~2,000 files and ~12 MB a layer,
-# ~36 MB an image, gzip level 6 keeps ~65% of it. The install command of every layer
+# ~36 MB an image; gzip -6 keeps ~65% of it. The install command of every layer
 # is
 #     sleep S; for p in $LAYERFS_PACKAGES; do tar -C "$LAYERFS_ROOT" -xzf "pkgs/$p.tar.gz"; done
 # (the sleep only with --install-seconds S > 0): the untar through the layer's
@@ -22,8 +22,10 @@
 # and gives the reference manifests: every run must give the same 4 manifest
 # digests, else the script fails (exit 1) after printing the report.
 # It prints medians, every run, CPU times (user+sys of the build and everything it
-# ran), the sums of the layers' install and commit seconds from --json, and the
-# speed-up (median --jobs 1 / median --jobs 2). It measures; it asserts no time.
+# ran), the sums of the layers' install and commit seconds from --json, the CPU time
+# the rest of the machine used during each build (from /proc/stat: more than ~1 s
+# means a disturbed run), and the speed-up (median --jobs 1 / median --jobs 2). It
+# measures; it asserts no time.
 #
 # Everything the builds read and write (package tars, specs, cache, outputs) is on
 # a fresh ext4 made per run of the script on a loop device (direct I/O) over a
@@ -144,7 +146,7 @@ else
   LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)
   if [[ -n $(cd "$REPO" && git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' ':!README.md' 2>/dev/null) ]]; then LFS_REV+=+dirty; fi
 fi
-"$LFS" build --help 2>/dev/null | grep -q -- '--jobs' || die "layerfs build has no --jobs"
+[[ $("$LFS" build --help 2>&1) == *--jobs* ]] || die "layerfs build has no --jobs"
 
 # ---------------------------------------------------------------- the scratch fs
 
@@ -214,13 +216,22 @@ DIV_PLACES=2
 # shellcheck disable=SC2034  # read by lib.sh
 WAIT_IO=1
 
+# busy CPU ticks of the whole machine so far (user nice system irq softirq steal)
+busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+HZ=$(getconf CLK_TCK)
 # build_set JOBS OUT: one timed build of the set into an empty cache; prints
-# "WALL CPU"; the --json result in OUT, stderr in OUT.err
+# "WALL CPU OTHER": OTHER is the CPU time the rest of the machine used meanwhile
+# (busy time from /proc/stat minus the build's own); the --json result in OUT,
+# stderr in OUT.err
 build_set() {
-  local rc=0
+  local rc=0 b0 b1 wall cpu
+  b0=$(busy_ticks)
   start
   SOURCE_DATE_EPOCH=$EPOCH "$LFS" build "${SPEC_FILES[@]}" --jobs "$1" --cache "$LC" --quiet --json >"$2" 2>"$2.err" || rc=$?
-  stop
+  b1=$(busy_ticks)
+  stop >"$RUN/wallcpu"   # not in $(...): `times` must run in this shell
+  read -r wall cpu <"$RUN/wallcpu"
+  echo "$wall $cpu $(awk -v a="$b0" -v b="$b1" -v hz="$HZ" -v c="$cpu" 'BEGIN {o = (b - a) / hz - c; printf "%.1f", o < 0 ? 0 : o}')"
   return $rc
 }
 # summary JSON: "MISSES HITS INSTALL-S COMMIT-S MANIFEST..." (manifests in spec
@@ -242,12 +253,13 @@ EOF
 fresh() { umount_under "$SCR"; rm -rf "$LC" "$FIX/out"; sync; }
 
 declare -A R       # R[j1], R[jN]: wall seconds of each run; C[...]: CPU seconds
-declare -A C INS COM
+declare -A C O INS COM
+ROWS=()            # the every-run table
 WANT=$((SPECS * LAYERS))
 REF='' MISMATCH=()
-# one JOBS LABEL: a timed build with --jobs JOBS, recorded under LABEL
+# one JOBS LABEL RUN ORDER: a timed build with --jobs JOBS, recorded under LABEL
 one() {
-  local j=$1 key=$2 out=$RUN/$2-$3.json r s miss hit ins com man
+  local j=$1 key=$2 out=$RUN/$2-$3.json r s miss hit ins com man wall cpu other
   ((QUIET)) && wait_quiet "$QUIET"
   fresh
   r=$(build_set "$j" "$out") || { cat "$out.err" >&2; die "layerfs build --jobs $j failed (run $3)"; }
@@ -256,9 +268,13 @@ one() {
   read -r miss hit ins com man <<<"$s"
   ((miss == WANT && hit == 0)) || warn "--jobs $j, run $3: $miss misses and $hit hits, want $WANT and 0 (the cache was not empty?)"
   [[ $man == "$REF" ]] || MISMATCH+=("--jobs $j, run $3: $man")
-  R[$key]+="${r% *} " C[$key]+="${r#* } " INS[$key]+="$ins " COM[$key]+="$com "
+  read -r wall cpu other <<<"$r"
+  R[$key]+="$wall " C[$key]+="$cpu " O[$key]+="$other " INS[$key]+="$ins " COM[$key]+="$com "
+  ROWS+=("$3|$4|--jobs $j|$wall|$cpu|$other|$ins|$com")
   fresh
 }
+
+last_of() { local a; read -ra a <<<"$1"; echo "${a[-1]}"; }
 
 log "warm-up: one untimed build of the set with --jobs $JOBS"
 fresh
@@ -289,8 +305,8 @@ BUSY0=$(cpu_busy) IO0=$(io_pressure)
 T_START=$SECONDS
 for ((run = 1; run <= RUNS; run++)); do
   if ((run % 2)); then order=(1 "$JOBS"); else order=("$JOBS" 1); fi
-  for j in "${order[@]}"; do one "$j" "j$j" "$run"; done
-  log "run $run/$RUNS ($([[ ${order[0]} == 1 ]] && echo "--jobs 1 first" || echo "--jobs $JOBS first")): --jobs 1 $(last j1) s, --jobs $JOBS $(last "j$JOBS") s"
+  for k in 0 1; do one "${order[k]}" "j${order[k]}" "$run" "$((k + 1)) of 2"; done
+  log "run $run/$RUNS ($([[ ${order[0]} == 1 ]] && echo "--jobs 1 first" || echo "--jobs $JOBS first")): --jobs 1 $(last j1) s, --jobs $JOBS $(last "j$JOBS") s; others' CPU meanwhile $(last_of "${O[j1]}") / $(last_of "${O[j$JOBS]}") s"
 done
 T_RUNS=$((SECONDS - T_START))
 BUSY1=$(cpu_busy) IO1=$(io_pressure)
@@ -304,6 +320,8 @@ cmed() { median ${C[$1]}; }
 imed() { median ${INS[$1]}; }
 # shellcheck disable=SC2086
 kmed() { median ${COM[$1]}; }
+# shellcheck disable=SC2086
+omed() { median ${O[$1]}; }
 JN=j$JOBS
 tf=0 tb=0 tg=0
 for ((i = 1; i <= SPECS; i++)); do tf=$((tf + PFILES[$i])) tb=$((tb + PBYTES[$i])) tg=$((tg + PGZ[$i])); done
@@ -328,16 +346,24 @@ echo "install : $INSTALL"
 echo "          ($([[ $SLEEP == 0 ]] && echo "no waits: --install-seconds 0" || echo "sleep $SLEEP per layer stands for a package manager's waits (no CPU): $(awk -v s="$SLEEP" -v n="$WANT" 'BEGIN {printf "%g", s * n}') s in all"))"
 echo "runs    : $RUNS timed builds of the set per setting, order alternating (1 $JOBS, $JOBS 1, ...), each from an empty cache into new layouts, sync before; SOURCE_DATE_EPOCH=$EPOCH; one untimed warm-up (--jobs $JOBS); $T_RUNS s in all"
 echo "load    : CPUs ${BUSY0}% busy just before the runs, ${BUSY1}% just after; I/O pressure ${IO0}% / ${IO1}%"
-echo "manifest: $( ((${#MISMATCH[@]})) && echo "DIFFER between runs (see below)" || echo "the same $SPECS in every run and the warm-up, --jobs 1 and --jobs $JOBS:")"
+echo "manifest: $( ((${#MISMATCH[@]})) && echo "DIFFER between runs (see below); the warm-up's:" || echo "the same $SPECS in every run and the warm-up, --jobs 1 and --jobs $JOBS:")"
 for ((i = 1; i <= SPECS; i++)); do echo "  spec$i ${REF_LIST[i - 1]}"; done
 echo
-row "layerfs build of $SPECS specs" "median s" "runs (s)" "median CPU s" "CPU runs (s)" "layer installs, sum s" "layer commits, sum s" "speed-up"
-row "---" "---:" "---" "---:" "---" "---:" "---:" "---:"
-row "--jobs 1" "$(med j1)" "${R[j1]% }" "$(cmed j1)" "${C[j1]% }" "$(imed j1)" "$(kmed j1)" "1.00x"
-row "--jobs $JOBS" "$(med "$JN")" "${R[$JN]% }" "$(cmed "$JN")" "${C[$JN]% }" "$(imed "$JN")" "$(kmed "$JN")" "$(div "$(med j1)" "$(med "$JN")")x"
+row "layerfs build of $SPECS specs" "median s" "runs (s)" "median CPU s" "CPU runs (s)" "layer installs, sum s" "layer commits, sum s" "others' CPU s" "speed-up"
+row "---" "---:" "---" "---:" "---" "---:" "---:" "---:" "---:"
+row "--jobs 1" "$(med j1)" "${R[j1]% }" "$(cmed j1)" "${C[j1]% }" "$(imed j1)" "$(kmed j1)" "$(omed j1)" "1.00x"
+row "--jobs $JOBS" "$(med "$JN")" "${R[$JN]% }" "$(cmed "$JN")" "${C[$JN]% }" "$(imed "$JN")" "$(kmed "$JN")" "$(omed "$JN")" "$(div "$(med j1)" "$(med "$JN")")x"
 echo
 echo "speed-up (median --jobs 1 / median --jobs $JOBS): $(div "$(med j1)" "$(med "$JN")")x; CPUs used on average: --jobs 1 $(div "$(cmed j1)" "$(med j1)"), --jobs $JOBS $(div "$(cmed "$JN")" "$(med "$JN")") (of $(nproc))"
-echo "(the layer sums add up install_seconds and commit_seconds of --json over the $WANT layers; with --jobs $JOBS they overlap in time)"
+echo "(medians; the layer sums add up install_seconds and commit_seconds of --json over the $WANT layers, which overlap in"
+echo "time with --jobs $JOBS; others' CPU: the machine's busy CPU time during the build (/proc/stat) minus the build's"
+echo "own, so more than ~1 s means other work ran alongside and the run is disturbed)"
+echo
+echo "every run:"
+echo
+row run order setting "wall s" "CPU s" "others' CPU s" "layer installs, sum s" "layer commits, sum s"
+row "---:" "---" "---" "---:" "---:" "---:" "---:" "---:"
+for x in "${ROWS[@]}"; do IFS='|' read -ra f <<<"$x"; row "${f[@]}"; done
 
 if ((${#WARNINGS[@]})); then
   echo
