@@ -92,7 +92,9 @@ func Open(dir string) (*Cache, error) {
 			return nil, fmt.Errorf("cache %s: %w", abs, err)
 		}
 	}
-	c := &Cache{dir: abs, trusted: canWriteTrusted(filepath.Join(abs, tmpDir))}
+	// The probe is on the cache dir itself: .tmp/ may be gone already
+	// (another process's Tidy), and it is on the same filesystem.
+	c := &Cache{dir: abs, trusted: canWriteTrusted(abs)}
 	c.sweepTemps()
 	c.sweepLocks()
 	return c, nil

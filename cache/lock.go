@@ -69,8 +69,9 @@ func tryLockFile(p string, create bool) (f *os.File, ok bool, err error) {
 	}
 	for {
 		f, err := os.OpenFile(p, flags, 0o644)
-		if create && errors.Is(err, fs.ErrNotExist) {
-			// Tidy removes .locks/ when no lock is left in it.
+		// Tidy (of another process) removes .locks/ when no lock is left
+		// in it, and may do so again between a MkdirAll and the open.
+		for try := 0; create && errors.Is(err, fs.ErrNotExist) && try < 100; try++ {
 			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 				return nil, false, err
 			}

@@ -147,6 +147,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	b.tiers = newTiers(opts.CacheFrom, opts.CacheTo, opts.Warn, func(format string, args ...any) {
 		fmt.Fprintf(opts.Log, format, args...)
 	})
+	b.tiers.maxSize = opts.MaxLayerSize
 	defer func() {
 		// A push reads its entry's blob: entries are released after.
 		b.tiers.wait()
@@ -234,7 +235,12 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 			b.push(e)
 		}
 	}
-	for _, r := range reps {
+	// Pushes in the background write to reps (under repMu) until
+	// tiers.wait: until then a copy is read.
+	b.repMu.Lock()
+	snap := slices.Clone(reps)
+	b.repMu.Unlock()
+	for _, r := range snap {
 		if r.Hit {
 			res.Hits++
 		} else {
@@ -251,7 +257,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		wo.Layers = append(wo.Layers, oci.ImageLayer{
 			Descriptor: v1.Descriptor{MediaType: e.Info.MediaType, Digest: e.Info.Digest, Size: e.Info.Size},
 			DiffID:     e.Info.DiffID, Blob: e.Blob(), Created: e.Info.Created,
-			CreatedBy: createdBy(reps[i], s),
+			CreatedBy: createdBy(snap[i], s),
 			Comment:   "layerfs cache key " + e.Info.Key[:16],
 		})
 		// The image is as old as its newest layer, so that a rebuild from
@@ -268,7 +274,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		return nil, fmt.Errorf("write %s: %w", s.Image, err)
 	}
 	res.Manifest = mdesc.Digest
-	b.tiers.wait()
+	b.tiers.wait() // no push writes to reps after this
 	res.Layers = reps
 	for _, r := range reps {
 		res.Downloaded += r.Downloaded

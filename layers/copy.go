@@ -71,6 +71,13 @@ func copyItems(ctx context.Context, mnt string, items []copyItem, squash *overla
 func (c *copier) items(items []copyItem) error {
 	for _, it := range items {
 		rel := strings.Trim(it.dst, "/")
+		if it.into {
+			// cp -a SRC DST: into DST when it is a directory (Stat
+			// follows links within the image only).
+			if st, err := c.root.Stat(rel); strings.HasSuffix(it.dst, "/") || err == nil && st.IsDir() {
+				rel = path.Join(rel, filepath.Base(it.src))
+			}
+		}
 		if err := c.parents(it, rel); err != nil {
 			return err
 		}
@@ -166,6 +173,11 @@ func (c *copier) tree(src, rel string, replace bool) error {
 		return err
 	}
 	dt, err := c.root.Lstat(rel)
+	if err == nil && replace && st.IsDir() && dt.IsDir() {
+		if err := c.syncDir(src, rel); err != nil {
+			return err
+		}
+	}
 	if err == nil && replace && !(st.IsDir() && dt.IsDir()) {
 		same, serr := c.same(src, rel)
 		if serr != nil {
@@ -173,6 +185,12 @@ func (c *copier) tree(src, rel string, replace bool) error {
 		}
 		if same {
 			return nil
+		}
+		// A directory gives way to a symlink (merged-usr's /bin ->
+		// usr/bin, as the class's rsync path does), not to a file: that
+		// would throw away all beneath it.
+		if dt.IsDir() && st.Mode()&fs.ModeSymlink == 0 {
+			return fmt.Errorf("/%s: a directory in the layers below, and not one in %s", rel, src)
 		}
 		// Through the union: what a lower holds is whited out.
 		if err := c.root.RemoveAll(rel); err != nil {
@@ -202,6 +220,41 @@ func (c *copier) tree(src, rel string, replace bool) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// syncDir gives the image's directory rel the source directory's owner
+// and mode where they differ, and its times once the copy is done, as
+// rsync -a does for a directory both have.
+func (c *copier) syncDir(src, rel string) error {
+	e, err := overlay.Stat(src)
+	if err != nil {
+		return err
+	}
+	m := e.Meta
+	m.Squash(c.squash)
+	var st, dst unix.Stat_t
+	if err := unix.Lstat(src, &st); err != nil {
+		return err
+	}
+	err = c.at(rel, func(pfd int, base string) error {
+		if err := unix.Fstatat(pfd, base, &dst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+		if dst.Uid != m.UID || dst.Gid != m.GID {
+			if err := unix.Fchownat(pfd, base, int(m.UID), int(m.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return err
+			}
+		}
+		if dst.Mode&07777 != m.Mode&07777 || dst.Uid != m.UID || dst.Gid != m.GID {
+			return unix.Fchmodat(pfd, base, m.Mode&07777, 0)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("/%s: %w", rel, err)
+	}
+	c.dirs = append(c.dirs, madeDir{rel: rel, st: st})
 	return nil
 }
 

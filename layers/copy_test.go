@@ -113,3 +113,54 @@ func TestCopyKeyInputs(t *testing.T) {
 		t.Errorf("two files with the same content and a hardlinked pair have one key")
 	}
 }
+
+// Host copies follow cp -a: into a directory the image has (or a DST
+// ending in /), never over it. replace: follows rsync -a: what differs is
+// replaced, a directory's mode follows the source's, a symlink may take a
+// directory's place (merged-usr) but a file may not.
+func TestCopyIntoAndReplace(t *testing.T) {
+	testutil.RequireRoot(t)
+	src := t.TempDir()
+	testutil.Tree{T: t, Root: src}.File("my-ca.crt", "ca").Dir("root").Chmod("root", 0o700).
+		File("etc/conf", "new").Symlink("bin", "usr/bin").File("lib", "not a dir")
+	img := t.TempDir()
+	testutil.Tree{T: t, Root: img}.File("etc/ssl/certs/a.crt", "a").Dir("root").Chmod("root", 0o755).
+		File("etc/conf", "old").File("bin/sh", "sh").File("lib/libc.so", "c")
+	ctx := context.Background()
+	for _, dst := range []string{"/etc/ssl/certs/", "/etc/ssl/certs"} {
+		items := []copyItem{{src: filepath.Join(src, "my-ca.crt"), dst: dst, replace: true, into: true}}
+		if err := copyInto(ctx, img, items); err != nil {
+			t.Fatalf("host copy to %s: %v", dst, err)
+		}
+		if data, err := os.ReadFile(filepath.Join(img, "etc/ssl/certs/my-ca.crt")); err != nil || string(data) != "ca" {
+			t.Errorf("host copy to %s: my-ca.crt is not in the dir: %q %v", dst, data, err)
+		}
+		if _, err := os.Stat(filepath.Join(img, "etc/ssl/certs/a.crt")); err != nil {
+			t.Errorf("host copy to %s took the dir's other files: %v", dst, err)
+		}
+	}
+	items := []copyItem{
+		{src: filepath.Join(src, "root"), dst: "/root", fromRootfs: src, replace: true},
+		{src: filepath.Join(src, "etc/conf"), dst: "/etc/conf", fromRootfs: src, replace: true},
+		{src: filepath.Join(src, "bin"), dst: "/bin", fromRootfs: src, replace: true},
+	}
+	if err := copyInto(ctx, img, items); err != nil {
+		t.Fatalf("replace: %v", err)
+	}
+	if st, err := os.Stat(filepath.Join(img, "root")); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("replace: /root's mode is not the source's 0700: %v %v", st.Mode(), err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(img, "etc/conf")); string(data) != "new" {
+		t.Errorf("replace: /etc/conf is %q, want the source's", data)
+	}
+	if target, err := os.Readlink(filepath.Join(img, "bin")); err != nil || target != "usr/bin" {
+		t.Errorf("replace: /bin is not the source's symlink: %q %v", target, err)
+	}
+	err := copyInto(ctx, img, []copyItem{{src: filepath.Join(src, "lib"), dst: "/lib", fromRootfs: src, replace: true}})
+	if err == nil || !strings.Contains(err.Error(), "/lib") {
+		t.Errorf("replace of a directory by a file: %v, want an error naming /lib", err)
+	}
+	if _, err := os.Stat(filepath.Join(img, "lib/libc.so")); err != nil {
+		t.Errorf("the refused replace lost /lib's files: %v", err)
+	}
+}

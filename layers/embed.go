@@ -68,6 +68,11 @@ func (b *builder) embed(ctx context.Context, tmpDir, mnt string, l Layer) (err e
 		return err
 	}
 	defer img.Close()
+	// The key holds the digest the image had when keys were made; a tag
+	// that moved since must not put another image under that key.
+	if want := b.keys.embedded[l.Name]; want != "" && img.ManifestDesc.Digest != want {
+		return fail(fmt.Errorf("%s changed during the build (was %s, now %s); build again", l.Ref, want, img.ManifestDesc.Digest))
+	}
 	stage := filepath.Join(tmpDir, "embed")
 	if err := os.Mkdir(stage, 0o755); err != nil {
 		return fail(err)
@@ -123,7 +128,8 @@ func (b *builder) embed(ctx context.Context, tmpDir, mnt string, l Layer) (err e
 		t := *img.Config.Created
 		os.Chtimes(sumsFile, t, t)
 	}
-	items := []copyItem{{src: src, dst: l.Path}, {src: sumsFile, dst: l.Path + ".sha256sums"}}
+	// What the layers below hold there (an older embedding) is replaced.
+	items := []copyItem{{src: src, dst: l.Path, replace: true}, {src: sumsFile, dst: l.Path + ".sha256sums", replace: true}}
 	if err := copyInto(ctx, mnt, items); err != nil {
 		return fail(err)
 	}

@@ -135,10 +135,13 @@ func FromEnv(ctx context.Context, lookup func(string) (string, bool), image stri
 		if err != nil {
 			return bad("IMAGE_ROOTFS: %v", err)
 		}
-		// The class copies the rootfs over the base with rsync -a.
+		// The class copies the rootfs over the base with rsync -a, which
+		// takes dot-entries too; without a base, with cp ${IMAGE_ROOTFS}/*,
+		// which does not.
+		withBase := get("OCI_BASE_IMAGE") != ""
 		l := Layer{Name: "rootfs", Type: TypeDirectories, Source: rootfs, Replace: true}
 		for _, e := range ents {
-			if !strings.HasPrefix(e.Name(), ".") {
+			if withBase || !strings.HasPrefix(e.Name(), ".") {
 				l.Paths = append(l.Paths, "/"+e.Name())
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/layerfs/layerfs/cache/remote"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/oci"
 )
@@ -20,6 +21,9 @@ type SetOptions struct {
 	Options
 	// Jobs is how many specs build at once; 0 means 1.
 	Jobs int
+	// Tiers, if set, gives each spec its shared cache tiers (from its
+	// own cache:), in place of Options.CacheFrom and CacheTo.
+	Tiers func(*Spec) (from []*remote.Tier, to *remote.Tier, err error)
 }
 
 // SetResult is one spec's outcome in a set.
@@ -47,6 +51,9 @@ func planSet(specs []*Spec) ([]specNode, error) {
 			return nil, err
 		}
 		ref, _ := oci.ParseReference(s.Image)
+		if ref.Tag == "" && ref.Transport != oci.TransportDocker && ref.Transport != oci.TransportDockerArchive {
+			ref.Tag = "latest" // what a build writes an untagged output as
+		}
 		loc := refLocation(ref)
 		if j, ok := out[loc]; ok {
 			return nil, inputerr.New("specs %s and %s both write %s", specs[j].File, s.File, s.Image)
@@ -217,6 +224,13 @@ func BuildSet(ctx context.Context, specs []*Spec, opts SetOptions) ([]SetResult,
 			defer func() { <-sem }()
 			o := opts.Options
 			o.Spec = n.spec
+			if opts.Tiers != nil {
+				var err error
+				if o.CacheFrom, o.CacheTo, err = opts.Tiers(n.spec); err != nil {
+					results[i].Error = err.Error()
+					return
+				}
+			}
 			var flush []func()
 			if len(specs) > 1 {
 				prefix := "[" + specName(n.spec) + "] "

@@ -274,3 +274,21 @@ func TestGraphSpecName(t *testing.T) {
 		t.Errorf("prefixed output %q", got)
 	}
 }
+
+// An untagged output is written as latest: a spec reading :latest waits
+// for it, and two specs writing oci:out and oci:out:latest are one image.
+func TestGraphDefaultTag(t *testing.T) {
+	dir := t.TempDir()
+	a := graphSpec(t, dir, "a.yaml", "oci:out", "")
+	b := graphSpec(t, dir, "b.yaml", "oci:b", "oci:out:latest")
+	nodes, err := planSet([]*Spec{a, b})
+	if err != nil {
+		t.Fatalf("planSet: %v", err)
+	}
+	if deps := depsOf(nodes); !slices.Equal(deps["b.yaml"], []string{"a.yaml"}) {
+		t.Errorf("b reads oci:out:latest, which a writes untagged: deps %v", deps)
+	}
+	c := graphSpec(t, dir, "c.yaml", "oci:out:latest", "")
+	_, err = planSet([]*Spec{a, c})
+	checkGraphErr(t, "oci:out and oci:out:latest", err, "a.yaml", "c.yaml", "both write")
+}

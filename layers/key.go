@@ -182,10 +182,13 @@ type keyer struct {
 	versions map[string]string // pkgdata, then the spec's versions:
 	// open opens an image layer's image.
 	open func(ctx context.Context, l Layer) (*oci.Image, error)
+	// embedded holds the manifest digest each image layer's key took,
+	// by layer name.
+	embedded map[string]digest.Digest
 }
 
 func newKeyer(s *Spec, epoch *time.Time) (*keyer, error) {
-	k := &keyer{spec: s, epoch: epoch, squash: squashOwner(), versions: map[string]string{}}
+	k := &keyer{spec: s, epoch: epoch, squash: squashOwner(), versions: map[string]string{}, embedded: map[string]digest.Digest{}}
 	k.open = func(ctx context.Context, l Layer) (*oci.Image, error) {
 		ref, err := oci.ParseReference(l.Ref)
 		if err != nil {
@@ -267,6 +270,7 @@ func (k *keyer) layer(ctx context.Context, parent string, l Layer) (inputs, erro
 		img.Close()
 		in.Paths = []string{l.Path}
 		in.Embed = &embedInputs{Manifest: img.ManifestDesc.Digest, Format: l.format(), Tag: l.embedTag()}
+		k.embedded[l.Name] = img.ManifestDesc.Digest
 	default:
 		items := k.spec.copies(l)
 		in.Replace = l.Replace || l.Type == TypeHost
@@ -304,6 +308,9 @@ type copyItem struct {
 	// replace: what the layers below hold at a path is replaced where it
 	// differs (rsync -a without --delete), instead of kept.
 	replace bool
+	// into: as cp -a, a dst that ends in / or is a directory in the image
+	// gets the source inside it, under the source's name.
+	into bool
 }
 
 func (s *Spec) copies(l Layer) []copyItem {
@@ -318,7 +325,7 @@ func (s *Spec) copies(l Layer) []copyItem {
 		// As the class's cp -a, a host copy overwrites.
 		for _, c := range l.Copy {
 			src, dst, _ := cutLast(c, ":")
-			items = append(items, copyItem{src: s.path(src), dst: dst, replace: true})
+			items = append(items, copyItem{src: s.path(src), dst: dst, replace: true, into: true})
 		}
 	}
 	return items

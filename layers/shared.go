@@ -25,9 +25,14 @@ type tiers struct {
 	to   *remote.Tier
 	warn func(string)
 	log  func(format string, args ...any)
+	// maxSize bounds a pulled layer as --max-layer-size bounds a base
+	// layer: its blob, and what it unpacks to.
+	maxSize int64
 
 	mu   sync.Mutex
 	down map[*remote.Tier]bool
+	// pushDown: pushes failed (read-only credentials, say); lookups go on.
+	pushDown map[*remote.Tier]bool
 	// corrupt holds the keys (tier + key) whose entry was corrupt, and
 	// whether pushing it again repairs it.
 	corrupt map[string]bool
@@ -36,7 +41,13 @@ type tiers struct {
 }
 
 func newTiers(from []*remote.Tier, to *remote.Tier, warn func(string), log func(string, ...any)) *tiers {
-	return &tiers{from: from, to: to, warn: warn, log: log, down: map[*remote.Tier]bool{}, corrupt: map[string]bool{}}
+	return &tiers{from: from, to: to, warn: warn, log: log, down: map[*remote.Tier]bool{}, pushDown: map[*remote.Tier]bool{}, corrupt: map[string]bool{}}
+}
+
+func (ts *tiers) pushFailed(t *remote.Tier) bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.pushDown[t]
 }
 
 func (ts *tiers) alive(t *remote.Tier) bool {
@@ -63,8 +74,12 @@ func (ts *tiers) failed(ctx context.Context, t *remote.Tier, key, what string, e
 		ts.warn(fmt.Sprintf("cache %s: entry %s is corrupt, taken as a miss: %v%s", t, cache.ShortKey(key), err, advice))
 		return
 	}
-	if !ts.down[t] {
-		ts.down[t] = true
+	down := ts.down
+	if what == "push" {
+		down = ts.pushDown
+	}
+	if !down[t] {
+		down[t] = true
 		ts.warn(fmt.Sprintf("cache %s: %s failed, going on without it: %v", t, what, err))
 	}
 }
@@ -101,7 +116,12 @@ func (ts *tiers) fetch(ctx context.Context, t *remote.Tier, in *inputs, key stri
 		if a == nil {
 			return cache.Info{}, errNextMaker
 		}
-		tr, err = t.Pull(ctx, a, tmp, oci.ApplyOptions{Warn: ts.warn})
+		if ts.maxSize > 0 && a.Layer.Size > ts.maxSize {
+			err = fmt.Errorf("%w: its layer blob is %d bytes, over --max-layer-size", remote.ErrCorrupt, a.Layer.Size)
+			ts.failed(ctx, t, key, "pull", err)
+			return cache.Info{}, errNextMaker
+		}
+		tr, err = t.Pull(ctx, a, tmp, oci.ApplyOptions{Warn: ts.warn, MaxSize: ts.maxSize})
 		rep.Downloaded += tr.Downloaded
 		if err != nil {
 			ts.failed(ctx, t, key, "pull", err)
@@ -145,7 +165,7 @@ func (ts *tiers) push(ctx context.Context, e *cache.Entry, rep *LayerReport, mu 
 	ts.pushes.Add(1)
 	ts.queue <- func() {
 		defer ts.pushes.Done()
-		if !ts.alive(t) || ctx.Err() != nil {
+		if !ts.alive(t) || ts.pushFailed(t) || ctx.Err() != nil {
 			return
 		}
 		corrupt, repairable := ts.wasCorrupt(t, e.Info.Key)

@@ -40,8 +40,9 @@ type Reference struct {
 }
 
 // tagPattern is the ref.name grammar of the OCI image-layout annotations
-// (a tag, optionally with path-like components).
-var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}$`)
+// (a tag, optionally with path-like components; ':' and '+' are
+// separators there too, as in Yocto's OCI_IMAGE_TAG).
+var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._/:+-]{0,254}$`)
 
 // ParseReference parses s; errors are bad input and quote s.
 func ParseReference(s string) (Reference, error) {

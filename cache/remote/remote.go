@@ -31,6 +31,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -141,6 +142,9 @@ func (t *Tier) Fetch(ctx context.Context, key string, desc v1.Descriptor) (*Arti
 	var total oci.Transfer
 	data, tr, err := t.repo.Manifest(ctx, desc.Digest)
 	total = add(total, tr)
+	if errors.Is(err, oci.ErrNotFound) {
+		return nil, total, nil // pruned since the HEAD: a miss
+	}
 	if err != nil {
 		return nil, total, t.classify(key, err)
 	}
@@ -151,16 +155,30 @@ func (t *Tier) Fetch(ctx context.Context, key string, desc v1.Descriptor) (*Arti
 	a.Manifest = v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: desc.Digest, Size: int64(len(data))}
 	a.Inputs, tr, err = t.repo.Blob(ctx, a.config)
 	total = add(total, tr)
+	if errors.Is(err, oci.ErrNotFound) {
+		return nil, total, nil
+	}
 	if err != nil {
 		return nil, total, t.classify(key, err)
 	}
 	return a, total, nil
 }
 
+// localFailure reports an error of this machine's filesystem.
+func localFailure(err error) bool {
+	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EIO, syscall.EROFS, syscall.EMFILE, syscall.ENFILE, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // classify marks what a check of content found as ErrCorrupt; anything
 // else is the tier failing.
 func (t *Tier) classify(key string, err error) error {
-	if errors.Is(err, oci.ErrDigestMismatch) || errors.Is(err, oci.ErrDiffIDMismatch) || errors.Is(err, oci.ErrHostile) {
+	// A blob missing under a manifest that names it is a broken entry too.
+	if errors.Is(err, oci.ErrDigestMismatch) || errors.Is(err, oci.ErrDiffIDMismatch) || errors.Is(err, oci.ErrHostile) || errors.Is(err, oci.ErrNotFound) {
 		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	return err
@@ -269,7 +287,13 @@ func (t *Tier) Pull(ctx context.Context, a *Artifact, tmp *cache.Temp, opts oci.
 		if ctx.Err() != nil {
 			return tr, err
 		}
-		return tr, fmt.Errorf("%s: layer %s: %w", t.repo.Tag(a.Key), a.Layer.Digest, t.classify(a.Key, err))
+		// The blob matched its digest, so what fails now is its content
+		// (a broken gzip stream, a bad tar, a wrong diff_id): the entry
+		// is corrupt, unless this machine's disk is what failed.
+		if localFailure(err) {
+			return tr, fmt.Errorf("%s: layer %s: %w", t.repo.Tag(a.Key), a.Layer.Digest, err)
+		}
+		return tr, fmt.Errorf("%s: %w: layer %s: %w", t.repo.Tag(a.Key), ErrCorrupt, a.Layer.Digest, err)
 	}
 	return tr, nil
 }
@@ -433,7 +457,7 @@ func (t *Tier) Get(ctx context.Context, key string) (*Artifact, oci.Transfer, er
 		return nil, tr, err
 	}
 	a, tr2, err := t.Fetch(ctx, key, *d)
-	return a, add(tr, tr2), err
+	return a, add(tr, tr2), err // a nil artifact: gone since the HEAD
 }
 
 func add(a, b oci.Transfer) oci.Transfer {

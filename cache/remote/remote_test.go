@@ -1182,3 +1182,36 @@ func TestRemoteOpenRefuses(t *testing.T) {
 		t.Errorf("String() = %q", s)
 	}
 }
+
+// A blob that matches its digest but whose gzip stream is broken is a
+// corrupt entry, not a failing tier: the tier stays usable, and a push
+// may mend it.
+func TestRemoteCorruptCompression(t *testing.T) {
+	ctx := context.Background()
+	reg := newTestRegistry(t)
+	ref := reg.ref("cache")
+	tier := openTier(t, ref, 0)
+	inputs := inputsOf("crafted", "gzip")
+	key := cache.KeyOf(inputs)
+	layer := makeTar(t, tarEntry{name: "f", typ: tar.TypeReg, mode: 0o644, body: pattern("gz", 64<<10)})
+	a := craft(t, inputs, layer)
+	var ld v1.Descriptor = a.manifest.Layers[0]
+	blob := a.blobs[ld.Digest]
+	broken := append(append([]byte{}, blob[:len(blob)/2]...), make([]byte, 64)...) // a cut stream
+	delete(a.blobs, ld.Digest)
+	ld.Digest, ld.Size = digest.FromBytes(broken), int64(len(broken))
+	a.blobs[ld.Digest] = broken
+	a.manifest.Layers[0] = ld
+	a.push(t, ref, key)
+
+	art := mustGet(t, tier, key)
+	tmp := newTemp(t, openCache(t), "crafted")
+	_, err := tier.Pull(ctx, art, tmp, oci.ApplyOptions{})
+	wantCorrupt(t, "a blob with a broken gzip stream", err)
+	if remote.IsTierFailure(err) {
+		t.Errorf("a broken stream takes the tier out: %v", err)
+	}
+	if !remote.Repairable(err) {
+		t.Errorf("a push of a good blob (another digest) mends it, but Repairable says no: %v", err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/layerfs/layerfs/cache"
@@ -129,7 +130,8 @@ func (c *buildCmd) Run(e *env) error {
 	if c.Quiet {
 		output = nil
 	}
-	from, to, err := openTiers(spec.Cache, remote.Options{Insecure: c.Insecure, Timeout: c.CacheTimeout})
+	tiers := newTierSet(remote.Options{Insecure: c.Insecure, Timeout: c.CacheTimeout})
+	from, to, err := tiers.open(spec.Cache)
 	if err != nil {
 		return err
 	}
@@ -147,7 +149,7 @@ func (c *buildCmd) Run(e *env) error {
 		opts.RootfsTar = r
 	}
 	if len(specs) > 1 {
-		return c.runSet(e, specs, opts)
+		return c.runSet(e, specs, opts, tiers)
 	}
 	res, err := layers.Build(e.ctx, opts)
 	if err != nil {
@@ -166,12 +168,13 @@ func (c *buildCmd) Run(e *env) error {
 }
 
 // runSet builds several specs, in the order their images need.
-func (c *buildCmd) runSet(e *env, specs []*layers.Spec, opts layers.Options) error {
+func (c *buildCmd) runSet(e *env, specs []*layers.Spec, opts layers.Options, tiers *tierSet) error {
 	jobs := c.Jobs
 	if jobs <= 0 {
 		jobs = runtime.NumCPU()
 	}
-	results, err := layers.BuildSet(e.ctx, specs, layers.SetOptions{Options: opts, Jobs: jobs})
+	results, err := layers.BuildSet(e.ctx, specs, layers.SetOptions{Options: opts, Jobs: jobs,
+		Tiers: func(s *layers.Spec) ([]*remote.Tier, *remote.Tier, error) { return tiers.open(s.Cache) }})
 	if c.JSON && results != nil {
 		if jerr := json.NewEncoder(e.stdout).Encode(results); jerr != nil && err == nil {
 			err = jerr
@@ -249,23 +252,37 @@ func (c *buildCmd) apply(s *layers.Spec) (*layers.Spec, error) {
 	return s, nil
 }
 
-// openTiers opens the shared cache tiers; a repository that is both
-// read and written is one Tier, so that its failure counts once.
-func openTiers(ct layers.CacheTiers, opts remote.Options) (from []*remote.Tier, to *remote.Tier, err error) {
-	byRef := map[string]*remote.Tier{}
-	open := func(ref string) (*remote.Tier, error) {
-		if t := byRef[ref]; t != nil {
-			return t, nil
-		}
-		t, err := remote.Open(ref, opts)
-		if err != nil {
-			return nil, fmt.Errorf("--cache-from/--cache-to: %w", err)
-		}
-		byRef[ref] = t
+// tierSet opens shared cache tiers; a repository named twice (read and
+// written, or by several specs of a set) is one Tier, so that its
+// failure counts once.
+type tierSet struct {
+	opts  remote.Options
+	mu    sync.Mutex
+	byRef map[string]*remote.Tier
+}
+
+func newTierSet(opts remote.Options) *tierSet {
+	return &tierSet{opts: opts, byRef: map[string]*remote.Tier{}}
+}
+
+func (ts *tierSet) get(ref string) (*remote.Tier, error) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if t := ts.byRef[ref]; t != nil {
 		return t, nil
 	}
+	t, err := remote.Open(ref, ts.opts)
+	if err != nil {
+		return nil, fmt.Errorf("--cache-from/--cache-to: %w", err)
+	}
+	ts.byRef[ref] = t
+	return t, nil
+}
+
+// open opens the tiers a spec's cache: names.
+func (ts *tierSet) open(ct layers.CacheTiers) (from []*remote.Tier, to *remote.Tier, err error) {
 	for _, r := range ct.From {
-		t, err := open(r)
+		t, err := ts.get(r)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -274,7 +291,7 @@ func openTiers(ct layers.CacheTiers, opts remote.Options) (from []*remote.Tier, 
 		}
 	}
 	if ct.To != "" {
-		if to, err = open(ct.To); err != nil {
+		if to, err = ts.get(ct.To); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -54,13 +54,15 @@ OCI_IMAGE_BUILD_DATE ?= ""
 OCI_IMAGE_TAR_OUTPUT ?= "true"
 
 # The layerfs binary, the install command of packages layers, and the
-# shared cache tiers (registries). The install command runs with
-# $LAYERFS_ROOT (the layer's mount, holding every layer below) and
+# shared cache tiers (registries). The install command runs in ${WORKDIR}
+# with $LAYERFS_ROOT (the layer's mount, holding every layer below) and
 # $LAYERFS_PACKAGES; the default is opkg with the configuration do_rootfs
-# wrote for this image's feeds (ipk images; rpm images set it to their
-# dnf --installroot "$LAYERFS_ROOT" command).
+# wrote there for this image's feeds (ipk images; rpm images set it to
+# their dnf --installroot "$LAYERFS_ROOT" command). The command is part of
+# every packages layer's key: a path relative to ${WORKDIR}, not an
+# absolute one, lets other recipes and hosts hit the same entries.
 LAYERFS ?= "layerfs"
-LAYERFS_INSTALL ?= "opkg -f ${IPKGCONF_TARGET} -o $LAYERFS_ROOT install $LAYERFS_PACKAGES"
+LAYERFS_INSTALL ?= "opkg -f opkg.conf -o $LAYERFS_ROOT install $LAYERFS_PACKAGES"
 LAYERFS_CACHE_FROM ?= ""
 LAYERFS_CACHE_TO ?= ""
 
@@ -108,6 +110,14 @@ export LAYERFS_CACHE_TO
 
 IMAGE_TYPEDEP:oci = "container"
 
+# A base image named by recipe must be deployed first, as image-oci
+# arranges.
+python __anonymous() {
+    base = d.getVar('OCI_BASE_IMAGE') or ''
+    if base and not base.startswith('/') and '/' not in base and '.' not in base.split(':')[0]:
+        d.appendVarFlag('do_image_oci', 'depends', ' %s:do_build' % base)
+}
+
 # As image-oci does: v7/v6/v5 for arm by TUNE_FEATURES.
 def oci_layerfs_subarch(d):
     import re
@@ -126,6 +136,7 @@ def oci_layerfs_subarch(d):
 # layerfs mount, which layerfs adds to PSEUDO_IGNORE_PATHS so that their
 # chowns reach it and are recorded.
 IMAGE_CMD:oci() {
+	cd "${WORKDIR}"
 	failed="${WORKDIR}/oci-layerfs-rootfs-tar.failed"
 	rm -f "$failed"
 	if [ "${OCI_LAYER_MODE}" != "multi" ] || echo " ${OCI_LAYERS} " | grep -Eq ':(directories|files):'; then
