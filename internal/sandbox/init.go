@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -15,11 +18,43 @@ import (
 // re-executed by Run) it sets up the namespaces, runs the script and exits
 // with its status, never returning; anywhere else it returns false at once.
 func Reexec() bool {
+	if isExec() {
+		os.Exit(execMain())
+	}
 	if !isInit() {
 		return false
 	}
 	os.Exit(initMain())
 	return true // not reached
+}
+
+const (
+	execArg0 = "layerfs-sandbox-exec"
+	execEnv  = "_LAYERFS_SANDBOX_EXEC"
+)
+
+func isExec() bool {
+	return len(os.Args) == 3 && os.Args[0] == execArg0 && os.Getenv(execEnv) == "1"
+}
+
+// execMain is the stage a direct (unisolated) install passes through: it
+// marks every descriptor above stderr close-on-exec, whatever this
+// process inherited, and becomes /bin/sh -c SCRIPT.
+func execMain() int {
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		// Linux before 5.11: one by one.
+		if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+			for _, e := range ents {
+				if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+					unix.CloseOnExec(fd)
+				}
+			}
+		}
+	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, execEnv+"=") })
+	err := syscall.Exec("/bin/sh", []string{"sh", os.Args[1], os.Args[2]}, env)
+	fmt.Fprintf(os.Stderr, "layerfs sandbox: exec /bin/sh: %v\n", err)
+	return 127
 }
 
 // initMain is pid 1 of the sandbox's pid namespace. It runs the script as

@@ -63,6 +63,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -263,8 +264,13 @@ func resolveWritable(paths []string) ([]string, error) {
 // of its own so that the timeout, cancellation and the end of the script
 // reach everything it started (short of a daemon that left the group).
 func runDirect(ctx context.Context, c Command, out *tail) (outcome, error) {
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", c.Script)
-	cmd.Env = c.Env
+	// Through this binary's exec stage (see Reexec), which closes every
+	// descriptor the shell is not meant to have: a rootless FUSE
+	// connection comes back from fusermount3 without close-on-exec, and a
+	// parallel build's install must not inherit it.
+	cmd := exec.CommandContext(ctx, "/proc/self/exe")
+	cmd.Args = []string{execArg0, "-c", c.Script}
+	cmd.Env = append(slices.Clone(c.Env), execEnv+"=1")
 	cmd.Dir = c.Dir
 	cmd.Stdout = out
 	cmd.Stderr = out
