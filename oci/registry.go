@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -14,11 +13,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	gv1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -430,7 +427,11 @@ func pushRegistryWith(ctx context.Context, img *Image, dst Reference, opts CopyO
 	if err != nil {
 		return v1.Descriptor{}, inputerr.New("%s: %v", dst, err)
 	}
-	gimg, err := partial.CompressedToImage(pushImage{img: img, dst: dst, mediaType: mdesc.MediaType})
+	var blobs []PushBlob
+	for _, d := range append([]v1.Descriptor{img.Manifest.Config}, img.Manifest.Layers...) {
+		blobs = append(blobs, PushBlob{Descriptor: d, Open: func() (io.ReadCloser, error) { return img.OpenBlob(d.Digest) }})
+	}
+	gimg, err := partial.CompressedToImage(rawImage{ref: img.Ref, mediaType: mdesc.MediaType, manifest: img.RawManifest, config: img.RawConfig, blobs: blobs})
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("%s: %w", dst, err)
 	}
@@ -463,58 +464,6 @@ func pushMediaType(img *Image) string {
 		return img.Manifest.MediaType
 	}
 	return v1.MediaTypeImageManifest
-}
-
-// pushImage presents an Image to ggcr's remote.Write with its stored
-// manifest and config bytes, so nothing is re-serialized.
-type pushImage struct {
-	img       *Image
-	dst       Reference
-	mediaType string
-}
-
-func (p pushImage) RawConfigFile() ([]byte, error)      { return p.img.RawConfig, nil }
-func (p pushImage) RawManifest() ([]byte, error)        { return p.img.RawManifest, nil }
-func (p pushImage) MediaType() (types.MediaType, error) { return types.MediaType(p.mediaType), nil }
-
-func (p pushImage) LayerByDigest(h gv1.Hash) (partial.CompressedLayer, error) {
-	for _, l := range p.img.Manifest.Layers {
-		if l.Digest.String() == h.String() {
-			return pushBlob{img: p.img, src: p.img.Ref, desc: l}, nil
-		}
-	}
-	if c := p.img.Manifest.Config; c.Digest.String() == h.String() {
-		return pushBlob{img: p.img, src: p.img.Ref, desc: c}, nil
-	}
-	return nil, fmt.Errorf("%s: no blob %s in the manifest", p.img.Ref, h)
-}
-
-// pushBlob uploads one blob of the source image, verified as it is read
-// so that a corrupt source blob is reported by name, not by the registry.
-type pushBlob struct {
-	img  *Image
-	src  Reference
-	desc v1.Descriptor
-}
-
-func (b pushBlob) Digest() (gv1.Hash, error) { return gv1.NewHash(b.desc.Digest.String()) }
-func (b pushBlob) Size() (int64, error)      { return b.desc.Size, nil }
-func (b pushBlob) MediaType() (types.MediaType, error) {
-	return types.MediaType(b.desc.MediaType), nil
-}
-
-func (b pushBlob) Compressed() (io.ReadCloser, error) {
-	if err := b.desc.Digest.Validate(); err != nil {
-		return nil, inputerr.New("%s: blob %q: %v", b.src, b.desc.Digest, err)
-	}
-	r, err := b.img.OpenBlob(b.desc.Digest)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, inputerr.New("%s: blob %s is missing: %v", b.src, b.desc.Digest, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: blob %s: %w", b.src, b.desc.Digest, err)
-	}
-	return newVerifyReader(r, b.src, b.desc.Digest, b.desc.Size), nil
 }
 
 // credentials are what a registry is offered, and where they came from

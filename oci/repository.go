@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"strings"
 	"sync"
@@ -274,8 +275,10 @@ func (r *Repository) Delete(ctx context.Context, d digest.Digest) error {
 	return err
 }
 
-// rawImage presents a manifest and its blobs to ggcr's pusher as they
-// are, so that nothing is re-serialized.
+// rawImage presents a manifest, its config and its blobs to ggcr's
+// pusher as they are, so that nothing is re-serialized and the registry
+// holds the manifest's own digest: an image's copy (pushRegistryWith) and
+// a cache entry (Repository.Push). ref names the blobs' source in errors.
 type rawImage struct {
 	ref       Reference
 	mediaType string
@@ -309,11 +312,19 @@ func (b rawBlob) MediaType() (types.MediaType, error) {
 }
 
 // Compressed reads the blob checked against its descriptor, so that a
-// local blob that lost bytes is reported by name, not by the registry.
+// source blob that is missing or lost bytes is reported by name, not by
+// the registry.
 func (b rawBlob) Compressed() (io.ReadCloser, error) {
+	d := b.b.Descriptor.Digest
+	if err := d.Validate(); err != nil {
+		return nil, inputerr.New("%s: blob %q: %v", b.ref, d, err)
+	}
 	rc, err := b.b.Open()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, inputerr.New("%s: blob %s is missing: %v", b.ref, d, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: blob %s: %w", b.ref, b.b.Descriptor.Digest, err)
+		return nil, fmt.Errorf("%s: blob %s: %w", b.ref, d, err)
 	}
 	return newVerifyReader(rc, b.ref, b.b.Descriptor.Digest, b.b.Descriptor.Size), nil
 }
