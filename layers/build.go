@@ -395,25 +395,8 @@ func (b *builder) lookupOrMake(ctx context.Context, key, name string, makers ...
 			return nil, 0, fmt.Errorf("cache entry %s: blob is damaged (run layerfs cache verify)", e.Dir)
 		}
 	} else {
-		for made = range makers {
-			t, err := c.NewTemp(name)
-			if err != nil {
-				return nil, 0, err
-			}
-			info, err := makers[made](t)
-			if errors.Is(err, errNextMaker) {
-				t.Abort()
-				continue
-			}
-			if err != nil {
-				t.Abort()
-				return nil, 0, err
-			}
-			if e, err = c.Insert(ctx, t, info); err != nil {
-				t.Abort()
-				return nil, 0, err
-			}
-			break
+		if e, made, err = makeEntry(ctx, c, name, makers); err != nil {
+			return nil, 0, err
 		}
 		if e == nil {
 			return nil, 0, fmt.Errorf("cache entry %s-%s: no maker made it", cache.ShortKey(key), name)
@@ -425,6 +408,34 @@ func (b *builder) lookupOrMake(ctx context.Context, key, name string, makers ...
 	}
 	b.release = append(b.release, release)
 	return e, made, nil
+}
+
+// makeEntry inserts the entry the first of makers can make, each in a
+// fresh temp, and says which made it; nil when none could. Call it
+// holding the key's lock.
+func makeEntry(ctx context.Context, c *cache.Cache, name string, makers []maker) (*cache.Entry, int, error) {
+	for i, make := range makers {
+		t, err := c.NewTemp(name)
+		if err != nil {
+			return nil, 0, err
+		}
+		info, err := make(t)
+		if errors.Is(err, errNextMaker) {
+			t.Abort()
+			continue
+		}
+		if err != nil {
+			t.Abort()
+			return nil, 0, err
+		}
+		e, err := c.Insert(ctx, t, info)
+		if err != nil {
+			t.Abort()
+			return nil, 0, err
+		}
+		return e, i, nil
+	}
+	return nil, len(makers), nil
 }
 
 // baseLayer finds layer i of the base image in the cache, keyed by its
@@ -511,7 +522,7 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerRe
 	}
 	if pf == nil || !pf.missed {
 		for _, t := range b.tiers.from {
-			makers = append(makers, b.tiers.fetch(ctx, t, &in, key, info, rep))
+			makers = append(makers, b.tiers.fetch(ctx, t, &in, key, rep))
 		}
 	}
 	makers = append(makers, func(t *cache.Temp) (cache.Info, error) {

@@ -95,7 +95,7 @@ func (ts *tiers) wasCorrupt(t *remote.Tier, key string) (corrupt, repairable boo
 
 // fetch is the maker of an entry from tier t: the artifact of the key,
 // checked to be of these very inputs, unpacked into tmp.
-func (ts *tiers) fetch(ctx context.Context, t *remote.Tier, in *inputs, key string, info func() cache.Info, rep *LayerReport) maker {
+func (ts *tiers) fetch(ctx context.Context, t *remote.Tier, in *inputs, key string, rep *LayerReport) maker {
 	return func(tmp *cache.Temp) (cache.Info, error) {
 		if !ts.alive(t) {
 			return cache.Info{}, errNextMaker
@@ -127,13 +127,8 @@ func (ts *tiers) fetch(ctx context.Context, t *remote.Tier, in *inputs, key stri
 			ts.failed(ctx, t, key, "pull", err)
 			return cache.Info{}, cmpErr(ctx, errNextMaker)
 		}
-		i := info()
-		i.DiffID, i.Digest, i.MediaType, i.Size = a.DiffID, a.Layer.Digest, a.Layer.MediaType, a.Layer.Size
-		// The entry's date is the builder's, so that every host writes
-		// the same image config from it.
-		i.Created = a.Created
 		rep.Remote = t.String()
-		return i, nil
+		return artifactInfo(in, a), nil
 	}
 }
 
@@ -241,14 +236,21 @@ func PullEntry(ctx context.Context, c *cache.Cache, t *remote.Tier, key string, 
 		tmp.Abort()
 		return nil, false, err
 	}
-	info := entryInfo(&in, key, a.Created)
-	info.DiffID, info.Digest, info.MediaType, info.Size = a.DiffID, a.Layer.Digest, a.Layer.MediaType, a.Layer.Size
-	e, err := c.Insert(ctx, tmp, info)
+	e, err := c.Insert(ctx, tmp, artifactInfo(&in, a))
 	if err != nil {
 		tmp.Abort()
 		return nil, false, err
 	}
 	return e, true, nil
+}
+
+// artifactInfo is the entry.json of a layer of inputs in pulled as a.
+// The entry's date is the builder's, so that every host writes the same
+// image config from it.
+func artifactInfo(in *inputs, a *remote.Artifact) cache.Info {
+	i := entryInfo(in, a.Key, a.Created)
+	i.DiffID, i.Digest, i.MediaType, i.Size = a.DiffID, a.Layer.Digest, a.Layer.MediaType, a.Layer.Size
+	return i
 }
 
 func rootlessWord(rootless bool) string {
@@ -341,26 +343,16 @@ func (b *builder) prefetchOne(ctx context.Context, in *inputs, p *prefetch) {
 	if e, err := c.Lookup(key, in.Name); err != nil || e != nil {
 		return // the build's lookup will find it, or say why not
 	}
-	info := func() cache.Info { return entryInfo(in, key, b.now()) }
+	var makers []maker
 	for _, t := range b.tiers.from {
-		if !b.tiers.alive(t) {
-			continue
-		}
-		tmp, err := c.NewTemp(in.Name)
-		if err != nil {
-			return
-		}
-		i, err := b.tiers.fetch(ctx, t, in, key, info, &p.rep)(tmp)
-		if err != nil {
-			tmp.Abort()
-			continue
-		}
-		if _, err := c.Insert(ctx, tmp, i); err != nil {
-			tmp.Abort()
-			p.rep.Remote = ""
-		}
-		return
+		makers = append(makers, b.tiers.fetch(ctx, t, in, key, &p.rep))
 	}
-	// Every tier was asked (or is out): the build need not ask again.
-	p.missed = ctx.Err() == nil
+	e, _, err := makeEntry(ctx, c, in.Name, makers)
+	switch {
+	case err != nil:
+		p.rep.Remote = "" // the build's own lookup tries again
+	case e == nil:
+		// Every tier was asked (or is out): the build need not ask again.
+		p.missed = ctx.Err() == nil
+	}
 }
