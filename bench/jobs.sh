@@ -129,8 +129,7 @@ umount_under() {  # DIR: unmount everything mounted below DIR (not DIR), deepest
 # shellcheck disable=SC2317  # called by the trap
 cleanup() {
   umount_under "$SCR"
-  if mountpoint -q "$SCR" 2>/dev/null; then umount "$SCR" 2>/dev/null || umount -l "$SCR" 2>/dev/null || true; fi
-  [[ -n $LOOPDEV ]] && losetup -d "$LOOPDEV" 2>/dev/null
+  scratch_loop_release
   if ((KEEP)); then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -153,15 +152,7 @@ fi
 mkdir -p "$SCR"
 if [[ $SCRATCH_FS == loop ]]; then
   IMG=$CACHE/jobs-scratch.img
-  while read -r dev; do losetup -d "${dev%%:*}" 2>/dev/null || true; done < <(losetup -j "$IMG" 2>/dev/null)
-  if [[ ! -f $IMG ]]; then
-    log "scratch fs: writing a $IMG_GB GiB zero-filled image $IMG (once)"
-    dd if=/dev/zero of="$IMG.tmp" bs=16M count=$((IMG_GB * 64)) conv=fsync status=none
-    mv "$IMG.tmp" "$IMG"
-  fi
-  mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$IMG" || die "mkfs.ext4 $IMG failed"
-  LOOPDEV=$(losetup --find --show --direct-io=on "$IMG") || die "losetup $IMG failed"
-  mount -o nodiscard "$LOOPDEV" "$SCR" || die "mount $LOOPDEV failed"
+  scratch_loop "$IMG" "$IMG_GB" "$SCR"
 fi
 
 # ---------------------------------------------------------------- the fixture

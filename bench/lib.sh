@@ -117,3 +117,30 @@ wait_quiet() {
 machine() {
   echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, Linux $(uname -r)"
 }
+
+# ---------------------------------------------------------------- the scratch fs
+
+# scratch_loop IMG GB DIR: a fresh ext4 (nodiscard) on a loop device (direct I/O)
+# over IMG, a zero-filled image of GB GiB made once, mounted nodiscard at DIR
+# (BENCHMARKS.md, "The disk"); scratch_loop_release, from the cleanup trap,
+# unmounts it and frees the device. Sets LOOPDEV and SCRATCH_DIR.
+scratch_loop() {
+  local img=$1 gb=$2 dev
+  SCRATCH_DIR=$3
+  while read -r dev; do losetup -d "${dev%%:*}" 2>/dev/null || true; done < <(losetup -j "$img" 2>/dev/null)
+  if [[ ! -f $img ]]; then
+    log "scratch fs: writing a $gb GiB zero-filled image $img (once)"
+    dd if=/dev/zero of="$img.tmp" bs=16M count=$((gb * 64)) conv=fsync status=none
+    mv "$img.tmp" "$img"
+  fi
+  mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$img" || die "mkfs.ext4 $img failed"
+  LOOPDEV=$(losetup --find --show --direct-io=on "$img") || die "losetup $img failed"
+  mkdir -p "$SCRATCH_DIR"
+  mount -o nodiscard "$LOOPDEV" "$SCRATCH_DIR" || die "mount $LOOPDEV failed"
+}
+scratch_loop_release() {
+  if [[ -n ${SCRATCH_DIR:-} ]] && mountpoint -q "$SCRATCH_DIR" 2>/dev/null; then
+    umount "$SCRATCH_DIR" 2>/dev/null || umount -l "$SCRATCH_DIR" 2>/dev/null || true
+  fi
+  if [[ -n ${LOOPDEV:-} ]]; then losetup -d "$LOOPDEV" 2>/dev/null || true; fi
+}

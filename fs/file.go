@@ -33,7 +33,18 @@ type file struct {
 	lower bool // opened on a lower file
 }
 
-var _ gofs.FileReleaser = (*file)(nil)
+var (
+	_ gofs.FileReleaser = (*file)(nil)
+	_ gofs.FileFsyncer  = (*file)(nil)
+)
+
+// Fsync syncs the layer file, unless the mount skips syncs (Options.NoSync).
+func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if f.n.fsys.noSync {
+		return 0
+	}
+	return f.LoopbackFile.Fsync(ctx, flags)
+}
 
 // openHandle wraps an fd opened on o and decides its open flags.
 func (n *node) openHandle(fd int, o *overlay.Object) (*file, uint32) {

@@ -32,6 +32,11 @@ type Options struct {
 	// Timeout is how long the kernel may cache names and attributes. The
 	// daemon is the only writer of the layers, so long is right.
 	Timeout time.Duration
+	// NoSync skips the fsyncs of files in the union (FUSE: FSYNC is
+	// answered at once; the kernel's overlayfs: volatile). For an upper
+	// that is thrown away when its job dies and synced once, whole, when
+	// it is kept (a build's, into the cache).
+	NoSync bool
 }
 
 // DefaultWorkdir is a hidden sibling of the upper: on its filesystem, and
@@ -71,7 +76,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	fsys := &filesystem{rootless: rootless, passthrough: !rootless, timeout: opts.Timeout}
+	fsys := &filesystem{rootless: rootless, passthrough: !rootless, timeout: opts.Timeout, noSync: opts.NoSync}
 	// Rootless, every chown is recorded, even one to the daemon's own ids:
 	// a commit that maps those ids to root (a rootless build, commit
 	// --squash-owner) then keeps the owner the caller asked for, and a
@@ -113,33 +118,14 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
 		Debug:             opts.Debug,
 	}
-	if rootless {
-		// Without default_permissions the kernel leaves access checks to
-		// the daemon (Access below): a user installing into a root-owned
-		// tree must be able to write where the override says root owns.
-	} else {
-		mo.AllowOther = true
-		mo.Options = []string{"default_permissions"}
-		mo.DirectMountStrict = true
-		// DirectMount's default flags are nosuid,nodev; a rootfs being
-		// installed needs both setuid files and device nodes to work. Any
-		// non-zero value replaces the default; MS_MGC_VAL means nothing.
-		mo.DirectMountFlags = syscall.MS_MGC_VAL
-	}
-	if opts.Upper == "" {
+	// Without default_permissions (rootless) the kernel leaves access
+	// checks to the daemon (Access below): a user installing into a
+	// root-owned tree must be able to write where the override says root
+	// owns.
+	if opts.Upper == "" && rootless {
 		mo.Options = append(mo.Options, "ro")
 	}
-	if !rootless {
-		// go-fuse opens /dev/fuse without O_CLOEXEC, and a process that
-		// another goroutine starts meanwhile (the install of a build of
-		// another spec in this process) would inherit the connection and
-		// keep this mount alive. os/exec forks under the write side of
-		// syscall.ForkLock: holding the read side until the descriptor is
-		// close-on-exec shuts that window. (Rootless, go-fuse runs
-		// fusermount3 itself, which takes the write side.)
-		syscall.ForkLock.RLock()
-	}
-	srv, err := gofs.Mount(mountpoint, root, &gofs.Options{
+	gopts := &gofs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &ttl,
 		AttrTimeout:     &ttl,
@@ -147,10 +133,14 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		// Mode 0 is a real mode in a rootfs (/etc/shadow on some distros).
 		NullPermissions: true,
 		RootStableAttr:  &gofs.StableAttr{Ino: 1},
-	})
-	closeOnExec()
-	if !rootless {
-		syscall.ForkLock.RUnlock()
+	}
+	var srv *fuse.Server
+	if rootless {
+		srv, err = gofs.Mount(mountpoint, root, gopts)
+		// fusermount3 hands the connection back without close-on-exec.
+		closeOnExec()
+	} else {
+		srv, err = mountDirect(mountpoint, root, gopts, opts.Upper == "")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -169,14 +159,84 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 // bitbake task) the dynamic loader of the setuid fusermount3 prints that
 // it ignores the preload, after a successful unmount.
 func (s *Server) Unmount() error {
-	if os.Geteuid() == 0 {
-		return s.Server.Unmount()
-	}
 	if err := Unmount(s.Mountpoint, false); err != nil {
 		return err
 	}
 	s.Server.Wait()
 	return nil
+}
+
+// mountDirect mounts as root: the mount(2) itself, on a /dev/fuse
+// descriptor opened close-on-exec (no process this one starts, such as a
+// parallel build's install, may inherit the connection and keep the mount
+// alive), served by go-fuse through its /dev/fd/N form. Setuid files and
+// device nodes work (a rootfs being installed needs both), and the kernel
+// checks permissions (default_permissions).
+//
+// go-fuse's own mount would also open a file of the mount to poll it, so
+// that the kernel learns at once that polling is not supported (the Go
+// runtime's epoll of a file this process opens in the mount must not wait
+// for a daemon thread: pollHack). That file is closed with a FLUSH, which
+// the kernel waits for without end: a daemon killed between its open and
+// close cannot exit, waiting on itself. The poll here goes to a file of
+// this daemon's that is opened without flush (pollName).
+func mountDirect(mountpoint string, root *node, opts *gofs.Options, readOnly bool) (*fuse.Server, error) {
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/fuse: %w", err)
+	}
+	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,max_read=%d,allow_other,default_permissions", fd, opts.MaxWrite)
+	var flags uintptr
+	if readOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount(opts.FsName, mountpoint, "fuse."+opts.Name, flags, data); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	srv, err := fuse.NewServer(gofs.NewNodeFS(root, opts), "/dev/fd/"+strconv.Itoa(fd), &opts.MountOptions)
+	if err != nil {
+		unix.Unmount(mountpoint, unix.MNT_DETACH)
+		unix.Close(fd)
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		unix.Unmount(mountpoint, unix.MNT_DETACH)
+		return nil, err
+	}
+	if err := pollHack(mountpoint, root); err != nil {
+		Unmount(mountpoint, true)
+		srv.Wait()
+		return nil, err
+	}
+	return srv, nil
+}
+
+// pollHack makes the kernel ask the daemon to poll a file of the mount,
+// which go-fuse answers ENOSYS: from then on the kernel never asks again.
+// The file is pollName, a node of the root that exists only meanwhile and
+// is opened without flush (see mountDirect).
+func pollHack(mountpoint string, root *node) error {
+	name := fmt.Sprintf(".layerfs-poll-%d-%d", os.Getpid(), time.Now().UnixNano())
+	root.fsys.pollName.Store(&name)
+	defer root.fsys.pollName.Store(nil)
+	fd, err := unix.Open(filepath.Join(mountpoint, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("poll setup: %w", err)
+	}
+	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+	unix.Close(fd)
+	return nil
+}
+
+// pollNode is the file pollHack polls.
+type pollNode struct{ gofs.Inode }
+
+var _ gofs.NodeOpener = (*pollNode)(nil)
+
+func (p *pollNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, fuse.FOPEN_NOFLUSH | fuse.FOPEN_DIRECT_IO, 0
 }
 
 // Access answers access(2) for rootless mounts, which have no

@@ -7,6 +7,7 @@ import (
 	"log"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,9 +29,13 @@ type filesystem struct {
 	// only; go-fuse turns it off by itself where the kernel refuses).
 	passthrough bool
 	timeout     time.Duration
+	noSync      bool // Options.NoSync
 
 	pendingMu sync.Mutex
 	pending   []pendingNotify
+
+	// pollName names the root's poll file while a mount sets up (pollHack).
+	pollName atomic.Pointer[string]
 }
 
 // node is a FUSE inode. It holds no path: paths come from go-fuse's tree
@@ -158,6 +163,11 @@ func (n *node) newChild(ctx context.Context, rel string, o *overlay.Object, out 
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if p := n.fsys.pollName.Load(); p != nil && n == n.fsys.root && name == *p {
+		// Not cached: the name is the union's again once the poll is done.
+		out.Attr.Mode = syscall.S_IFREG | 0o444
+		return n.NewInode(ctx, &pollNode{}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ^uint64(0) - 1}), 0
+	}
 	rel, ok := n.child(name)
 	if !ok {
 		return nil, syscall.ENOENT

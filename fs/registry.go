@@ -20,15 +20,20 @@ import (
 
 // MountInfo describes a layerfs mount, as `layerfs mounts` shows it.
 type MountInfo struct {
-	Mountpoint string    `json:"mountpoint"`
-	Lowers     []string  `json:"lowers"`
-	Upper      string    `json:"upper,omitempty"`
-	Workdir    string    `json:"workdir,omitempty"`
-	ReadOnly   bool      `json:"read_only"`
-	PID        int       `json:"pid"`
-	Started    time.Time `json:"started"`
+	Mountpoint string   `json:"mountpoint"`
+	Lowers     []string `json:"lowers"`
+	Upper      string   `json:"upper,omitempty"`
+	Workdir    string   `json:"workdir,omitempty"`
+	ReadOnly   bool     `json:"read_only"`
+	// Driver is "fuse" (a daemon serves it; also what records without a
+	// driver are) or "kernel" (the kernel's overlayfs: no daemon).
+	Driver string `json:"driver,omitempty"`
+	// PID is the daemon's; 0 for a kernel mount.
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
 	// Alive: mounted, and the daemon answers. A dead mount is what a
-	// killed daemon leaves ("transport endpoint is not connected").
+	// killed daemon leaves ("transport endpoint is not connected"). A
+	// kernel mount has no daemon: it is alive while it is mounted.
 	Alive bool `json:"alive"`
 	// Mounted: the kernel still lists the mount.
 	Mounted bool `json:"mounted"`
@@ -92,27 +97,41 @@ func readState(p string) (MountInfo, error) {
 	return m, json.Unmarshal(data, &m)
 }
 
-// kernelMounts lists the mountpoints of layerfs mounts in this mount
-// namespace.
-func kernelMounts() (map[string]bool, error) {
+// IsKernel reports whether the kernel's overlayfs serves the mount.
+func (m MountInfo) IsKernel() bool { return m.Driver == string(DriverKernel) }
+
+// kernelMounts lists the mounts of this mount namespace by mountpoint,
+// with the driver of those known to be layerfs's by their type (FUSE
+// mounts of type fuse.layerfs; overlayfs mounts whose source is
+// KernelSource) and "" for the others: a kernel mount's record also
+// names a read-only bind of its single lower, which is just a mount.
+func kernelMounts() (map[string]Driver, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	out := map[string]bool{}
+	out := map[string]Driver{}
 	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	// A kernel mount's line names every lower: 60 lowers of 300 bytes
+	// make one of 20 KB.
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
 		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER
 		fields := strings.Fields(sc.Text())
 		i := slices.Index(fields, "-")
-		if len(fields) < 5 || i < 0 || i+1 >= len(fields) {
+		if len(fields) < 5 || i < 0 || i+2 >= len(fields) {
 			continue
 		}
-		if fields[i+1] == FsType {
-			out[unescapeMountinfo(fields[4])] = true
+		var d Driver
+		switch {
+		case fields[i+1] == FsType:
+			d = DriverFUSE
+		case fields[i+1] == "overlay" && fields[i+2] == KernelSource:
+			d = DriverKernel
 		}
+		// Stacked mounts: the last line is the one on top.
+		out[unescapeMountinfo(fields[4])] = d
 	}
 	return out, sc.Err()
 }
@@ -166,9 +185,9 @@ func list(only string) ([]MountInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	for mp := range mounted {
-		if _, ok := byPoint[mp]; !ok {
-			byPoint[mp] = MountInfo{Mountpoint: mp}
+	for mp, d := range mounted {
+		if _, ok := byPoint[mp]; !ok && d != "" {
+			byPoint[mp] = MountInfo{Mountpoint: mp, Driver: string(d)}
 		}
 	}
 	out := make([]MountInfo, 0, len(byPoint))
@@ -176,12 +195,18 @@ func list(only string) ([]MountInfo, error) {
 		if only != "" && mp != only {
 			continue
 		}
-		m.Mounted = mounted[mp]
+		d, ok := mounted[mp]
+		switch {
+		case d != "":
+			m.Mounted, m.Driver = true, string(d)
+		case ok && m.IsKernel():
+			m.Mounted = true // the read-only bind of a single lower
+		}
 		// Only the mount's own answer tells it dead (ENOTCONN once its
 		// daemon is gone): a recorded pid may be one of another pid
 		// namespace, and a mount may not be recorded yet (its daemon
-		// mounts first).
-		m.Alive = m.Mounted && answers(mp)
+		// mounts first). A kernel mount has no daemon to lose.
+		m.Alive = m.Mounted && (m.IsKernel() || answers(mp))
 		out = append(out, m)
 	}
 	slices.SortFunc(out, func(a, b MountInfo) int { return strings.Compare(a.Mountpoint, b.Mountpoint) })

@@ -41,29 +41,40 @@ import (
 
 // ---------------------------------------------------------------- the union under test
 
-// heavyUnion returns the union filesystem under test, from LAYERFS_UNION:
-// "layerfs" (the default), "kernel" or "fuse-overlayfs" (the references,
-// to check the tests themselves). layerfs without a working `mount` verb is
-// Unavailable.
-func heavyUnion(t *testing.T) string {
+// heavyUnions returns the union filesystems under test, from
+// LAYERFS_UNION: layerfs under both drivers (the default), or under one
+// (layerfs-fuse, layerfs-kernel), or "kernel" or "fuse-overlayfs" (the
+// references, to check the tests themselves). With fuseOnly, the default
+// is layerfs's FUSE driver alone: a test of layerfs's union semantics on
+// bulk work has nothing to find in the kernel's. layerfs without a working
+// `mount` verb is Unavailable.
+func heavyUnions(t *testing.T, fuseOnly bool) []string {
 	t.Helper()
-	switch u := os.Getenv("LAYERFS_UNION"); u {
-	case "", "layerfs":
+	if drivers := layerfsDrivers(t); drivers != nil {
 		if out, err := exec.Command(layerfsBin, "mount", "--help").CombinedOutput(); err != nil {
 			testenv.Unavailable(t, "layerfs mount is not available: %v: %s", err, heavyTail(string(out), 3))
 		}
 		if _, err := os.Stat("/dev/fuse"); err != nil {
 			testenv.Unavailable(t, "/dev/fuse: %v", err)
 		}
-		return "layerfs"
+		if fuseOnly && os.Getenv("LAYERFS_UNION") == "" {
+			drivers = []string{"fuse"}
+		}
+		var out []string
+		for _, d := range drivers {
+			out = append(out, "layerfs-"+d)
+		}
+		return out
+	}
+	switch u := os.Getenv("LAYERFS_UNION"); u {
 	case "kernel", "kernel-overlayfs":
-		return "kernel"
+		return []string{"kernel"}
 	case "fuse-overlayfs":
 		needTool(t, "fuse-overlayfs")
-		return "fuse-overlayfs"
+		return []string{"fuse-overlayfs"}
 	default:
-		t.Fatalf("LAYERFS_UNION=%q: want layerfs, kernel or fuse-overlayfs", u)
-		return ""
+		t.Fatalf("LAYERFS_UNION=%q: want layerfs, layerfs-fuse, layerfs-kernel, kernel or fuse-overlayfs", u)
+		return nil
 	}
 }
 
@@ -71,9 +82,8 @@ func heavyUnion(t *testing.T) string {
 // under test, and returns the unmount func, also registered as a cleanup.
 // An unmount that fails is a test error. The references get a workdir
 // beside the upper; layerfs uses its default workdir.
-func heavyMount(t *testing.T, lowers []string, upper, mnt string) func() {
+func heavyMount(t *testing.T, union string, lowers []string, upper, mnt string) func() {
 	t.Helper()
-	union := heavyUnion(t)
 	rev := make([]string, len(lowers))
 	for i, l := range lowers {
 		rev[len(lowers)-1-i] = l
@@ -95,8 +105,8 @@ func heavyMount(t *testing.T, lowers []string, upper, mnt string) func() {
 			t.Fatal(err)
 		}
 		cmd = exec.Command("fuse-overlayfs", "-o", "lowerdir="+strings.Join(rev, ":")+",upperdir="+upper+",workdir="+work, mnt)
-	case "layerfs":
-		args := []string{"mount"}
+	case "layerfs-fuse", "layerfs-kernel":
+		args := []string{"mount", "--driver", strings.TrimPrefix(union, "layerfs-")}
 		for _, l := range lowers {
 			args = append(args, "--lower", l)
 		}
@@ -113,7 +123,11 @@ func heavyMount(t *testing.T, lowers []string, upper, mnt string) func() {
 		if !ok {
 			t.Fatalf("%s returned, but %s is not a mount point", strings.Join(cmd.Args, " "), mnt)
 		}
-		if !strings.HasPrefix(fstype, "fuse") {
+		if want := map[string]string{"layerfs-kernel": "overlay"}[union]; want != "" {
+			if fstype != want {
+				t.Fatalf("%s: %s is a %s mount, want %s", strings.Join(cmd.Args, " "), mnt, fstype, want)
+			}
+		} else if !strings.HasPrefix(fstype, "fuse") {
 			t.Fatalf("%s: %s is a %s mount, want fuse", strings.Join(cmd.Args, " "), mnt, fstype)
 		}
 	}

@@ -48,20 +48,23 @@ func TestMountBulk(t *testing.T) {
 	// one is CPU-bound.
 	t.Parallel()
 	testenv.NeedRoot(t)
-	union := heavyUnion(t)
 	corpus := heavyCorpus(t)
 	for _, tool := range []string{"find", "sort", "sha256sum", "umoci"} {
 		needTool(t, tool)
 	}
-	t.Logf("union under test: %s; corpus %s", union, corpus)
-	// One applier each (both unpack into one dir, whiteouts included):
-	// umoci, the tool of Yocto's and Isar's image classes, and the applier
-	// of containerd's native snapshotter.
-	t.Run("empty-lower", func(t *testing.T) { bulkCase(t, corpus, false, "umoci") })
-	t.Run("half-lower", func(t *testing.T) { bulkCase(t, corpus, true, "containerd-naive") })
+	for _, union := range heavyUnions(t, true) {
+		t.Run(union, func(t *testing.T) {
+			t.Logf("union under test: %s; corpus %s", union, corpus)
+			// One applier each (both unpack into one dir, whiteouts
+			// included): umoci, the tool of Yocto's and Isar's image
+			// classes, and the applier of containerd's native snapshotter.
+			t.Run("empty-lower", func(t *testing.T) { bulkCase(t, union, corpus, false, "umoci") })
+			t.Run("half-lower", func(t *testing.T) { bulkCase(t, union, corpus, true, "containerd-naive") })
+		})
+	}
 }
 
-func bulkCase(t *testing.T, corpus string, half bool, applier string) {
+func bulkCase(t *testing.T, union, corpus string, half bool, applier string) {
 	last := time.Now()
 	phase := func(what string) {
 		t.Helper()
@@ -90,7 +93,7 @@ func bulkCase(t *testing.T, corpus string, half bool, applier string) {
 	wantSums := bulkSums(t, native)
 	phase("native: snapshot, find, sha256sum")
 
-	unmount := heavyMount(t, []string{lower}, upper, mnt)
+	unmount := heavyMount(t, union, []string{lower}, upper, mnt)
 	heavyUntar(t, corpus, mnt)
 	phase("untar into the mount")
 

@@ -26,6 +26,7 @@ type mcMountInfo struct {
 	Mountpoint string   `json:"mountpoint"`
 	Lowers     []string `json:"lowers"`
 	Upper      string   `json:"upper"`
+	Driver     string   `json:"driver"`
 	PID        int      `json:"pid"`
 	Alive      bool     `json:"alive"`
 	Mounted    bool     `json:"mounted"`
@@ -53,19 +54,27 @@ func mcFind(t *testing.T, mnt string) (mcMountInfo, bool) {
 	return mcMountInfo{}, false
 }
 
-// mcMount runs `layerfs mount ARGS MNT` (background daemon) and registers
-// an unmount.
+// mcMount runs `layerfs mount --driver fuse ARGS MNT` (a background
+// daemon) and registers an unmount.
 func mcMount(t *testing.T, mnt string, args ...string) mcMountInfo {
 	t.Helper()
-	out, err := exec.Command(layerfsBin, append(append([]string{"mount"}, args...), mnt)...).CombinedOutput()
+	return mcMountDriver(t, mnt, "fuse", args...)
+}
+
+// mcMountDriver runs `layerfs mount --driver DRIVER ARGS MNT` and
+// registers an unmount: a FUSE mount has its daemon, a kernel mount none.
+func mcMountDriver(t *testing.T, mnt, driver string, args ...string) mcMountInfo {
+	t.Helper()
+	out, err := exec.Command(layerfsBin, append(append([]string{"mount", "--driver", driver}, args...), mnt)...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("layerfs mount %q %s: %v\n%s", args, mnt, err, out)
+		t.Fatalf("layerfs mount --driver %s %q %s: %v\n%s", driver, args, mnt, err, out)
 	}
 	t.Cleanup(func() { exec.Command(layerfsBin, "umount", "--lazy", mnt).Run() })
 	m, ok := mcFind(t, mnt)
-	if !ok || !m.Alive || m.PID == 0 {
-		t.Fatalf("after mount, layerfs mounts shows %+v (found %v)", m, ok)
+	if !ok || !m.Alive || (m.PID == 0) != (driver == "kernel") || m.Driver != driver {
+		t.Fatalf("after mount --driver %s, layerfs mounts shows %+v (found %v)", driver, m, ok)
 	}
+	checkMountDriver(t, mnt, driver)
 	return m
 }
 
@@ -105,7 +114,7 @@ func TestMountPassthroughNeverWritesLowers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	daemon := exec.Command(layerfsBin, "mount", "--foreground", "--debug", "--lower", d[0], "--upper", d[1], d[2])
+	daemon := exec.Command(layerfsBin, "mount", "--driver", "fuse", "--foreground", "--debug", "--lower", d[0], "--upper", d[1], d[2])
 	daemon.Stdout, daemon.Stderr = logf, logf
 	if err := daemon.Start(); err != nil {
 		t.Fatal(err)

@@ -16,8 +16,10 @@ import (
 // implementation's upper in the kernel's format with no copy-up the kernel
 // did not make, and identical `layerfs commit` layers of the two uppers.
 func TestMountDifferential(t *testing.T) {
-	impl := unionUnderTest(t)
-	needMountTools(t, impl)
+	impls := unionsUnderTest(t)
+	for _, impl := range impls {
+		needMountTools(t, impl)
+	}
 	for _, tool := range []string{"setcap", "mkfifo", "truncate", "dd", "tr", "head"} {
 		needTool(t, tool)
 	}
@@ -31,9 +33,15 @@ func TestMountDifferential(t *testing.T) {
 			t.Fatalf("two scenarios named %s", sc.name)
 		}
 		seen[sc.name] = true
-		t.Run(sc.name, func(t *testing.T) {
-			t.Parallel()
-			runMountCase(t, sc.mountCase(), impl, bin)
+	}
+	for _, impl := range impls {
+		t.Run(impl.name, func(t *testing.T) {
+			for _, sc := range mountScenarios {
+				t.Run(sc.name, func(t *testing.T) {
+					t.Parallel()
+					runMountCase(t, sc.mountCase(), impl, bin)
+				})
+			}
 		})
 	}
 }

@@ -61,18 +61,47 @@ var kernelUnion = union{
 	},
 }
 
-var layerfsUnion = union{
-	name: "layerfs",
-	mount: func(t *testing.T, lowers []string, upper, work, mnt string) func() error {
-		args := []string{"mount"}
-		for _, l := range lowers {
-			args = append(args, "--lower", l)
-		}
-		args = append(args, "--upper", upper, "--workdir", work, mnt)
-		return fuseMount(t, mnt, exec.Command(layerfsBin, args...), func() *exec.Cmd {
-			return exec.Command(layerfsBin, "umount", mnt)
-		})
-	},
+// layerfsUnion is `layerfs mount --driver DRIVER` (fuse or kernel).
+func layerfsUnion(driver string) union {
+	return union{
+		name: "layerfs-" + driver,
+		mount: func(t *testing.T, lowers []string, upper, work, mnt string) func() error {
+			args := []string{"mount", "--driver", driver}
+			for _, l := range lowers {
+				args = append(args, "--lower", l)
+			}
+			args = append(args, "--upper", upper, "--workdir", work, mnt)
+			unmount := fuseMount(t, mnt, exec.Command(layerfsBin, args...), func() *exec.Cmd {
+				return exec.Command(layerfsBin, "umount", mnt)
+			})
+			checkMountDriver(t, mnt, driver)
+			return unmount
+		},
+	}
+}
+
+// checkMountDriver fails the test unless what serves mnt is the driver
+// asked for: the fs type of the mount on top there.
+func checkMountDriver(t testing.TB, mnt, driver string) {
+	t.Helper()
+	fstype, ok := heavyMountType(t, mnt)
+	want := map[string]string{"fuse": "fuse.layerfs", "kernel": "overlay"}[driver]
+	if !ok || fstype != want {
+		t.Fatalf("layerfs mount --driver %s: %s is a %q mount (mounted: %v), want %s", driver, mnt, fstype, ok, want)
+	}
+}
+
+// layerfsDrivers are the drivers of layerfs mounts the tests run under,
+// from LAYERFS_UNION: both by default (layerfs), or one (layerfs-fuse,
+// layerfs-kernel).
+func layerfsDrivers(t testing.TB) []string {
+	switch name := os.Getenv("LAYERFS_UNION"); name {
+	case "", "layerfs":
+		return []string{"fuse", "kernel"}
+	case "layerfs-fuse", "layerfs-kernel":
+		return []string{strings.TrimPrefix(name, "layerfs-")}
+	}
+	return nil
 }
 
 var fuseOverlayfsUnion = union{
@@ -135,26 +164,33 @@ func runTimeout(cmd *exec.Cmd, d time.Duration) ([]byte, error) {
 	}
 }
 
-// unionUnderTest is the implementation that the kernel is compared with:
-// LAYERFS_UNION=layerfs (default), fuse-overlayfs, or kernel-overlayfs.
-func unionUnderTest(t *testing.T) union {
+// unionsUnderTest are the implementations that the kernel is compared
+// with: LAYERFS_UNION=layerfs (the default: layerfs under each driver,
+// FUSE and the kernel's overlayfs), layerfs-fuse, layerfs-kernel,
+// fuse-overlayfs, or kernel-overlayfs.
+func unionsUnderTest(t *testing.T) []union {
 	t.Helper()
-	switch name := os.Getenv("LAYERFS_UNION"); name {
-	case "", "layerfs":
+	if drivers := layerfsDrivers(t); drivers != nil {
 		out, err := exec.Command(layerfsBin, "mount", "--help").CombinedOutput()
 		if err != nil {
 			testenv.Unavailable(t, "layerfs mount is not available: %v: %s", err, firstLine(out))
 		}
-		return layerfsUnion
+		var us []union
+		for _, d := range drivers {
+			us = append(us, layerfsUnion(d))
+		}
+		return us
+	}
+	switch name := os.Getenv("LAYERFS_UNION"); name {
 	case "fuse-overlayfs":
-		return fuseOverlayfsUnion
+		return []union{fuseOverlayfsUnion}
 	case "kernel-overlayfs", "kernel":
 		// The kernel against itself: a check of the harness, which must
 		// then find no difference at all.
-		return kernelUnion
+		return []union{kernelUnion}
 	default:
-		t.Fatalf("LAYERFS_UNION=%q: want layerfs, fuse-overlayfs or kernel-overlayfs", name)
-		return union{}
+		t.Fatalf("LAYERFS_UNION=%q: want layerfs, layerfs-fuse, layerfs-kernel, fuse-overlayfs or kernel-overlayfs", name)
+		return nil
 	}
 }
 

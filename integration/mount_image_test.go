@@ -22,12 +22,19 @@ func miPrune(t *testing.T, cacheDir string) string {
 // exactly what `umoci unpack` makes of it, read-only; its layers are
 // cache entries that prune leaves alone while mounted; a second mount, of
 // the same image read from a docker-archive: (same diff_ids, other blobs),
-// applies nothing and leaves the cache as it was.
+// applies nothing and leaves the cache as it was. Under both drivers: a
+// kernel mount has no daemon to hold the entries, its record does.
 func TestMountImageEqualsUmoci(t *testing.T) {
 	t.Parallel()
 	for _, tool := range []string{"umoci", "setfattr", "fusermount3"} {
 		needTool(t, tool)
 	}
+	for _, driver := range []string{"fuse", "kernel"} {
+		t.Run(driver, func(t *testing.T) { mountImageEqualsUmoci(t, driver) })
+	}
+}
+
+func mountImageEqualsUmoci(t *testing.T, driver string) {
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "img")
 	arImage(t, dir, "v1", "gzip", "none")
@@ -38,7 +45,7 @@ func TestMountImageEqualsUmoci(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	m := mcMount(t, mnt, "--image", "oci:"+dir+":v1", "--cache", cacheDir)
+	m := mcMountDriver(t, mnt, driver, "--image", "oci:"+dir+":v1", "--cache", cacheDir)
 	if len(m.Lowers) != 3 || m.Upper != "" {
 		t.Fatalf("layerfs mounts shows lowers %v, upper %q: want the 3 layers' entries, no upper", m.Lowers, m.Upper)
 	}
@@ -69,7 +76,7 @@ func TestMountImageEqualsUmoci(t *testing.T) {
 	entries := cacheEntries(t, cacheDir)
 	archive := filepath.Join(tmp, "img.tar")
 	arCopy(t, "oci:"+dir+":v1", "docker-archive:"+archive)
-	_, stderr, code := arRun(t, "mount", "--image", "docker-archive:"+archive, "--cache", cacheDir, mnt)
+	_, stderr, code := arRun(t, "mount", "--driver", driver, "--image", "docker-archive:"+archive, "--cache", cacheDir, mnt)
 	if code != 0 {
 		t.Fatalf("second mount: exit %d\n%s", code, stderr)
 	}

@@ -26,10 +26,12 @@ import (
 //	LAYERFS_FUZZ_CASES=K  cases per run (default 200)
 //
 // Case K of seed N reruns alone with
-// LAYERFS_FUZZ_SEED=N go test -run 'TestMountRandom/seed-N/case-K$' .
+// LAYERFS_FUZZ_SEED=N go test -run 'TestMountRandom/layerfs-fuse/seed-N/case-K$' .
 func TestMountRandom(t *testing.T) {
-	impl := unionUnderTest(t)
-	needMountTools(t, impl)
+	impls := unionsUnderTest(t)
+	for _, impl := range impls {
+		needMountTools(t, impl)
+	}
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("LAYERFS_FUZZ_SEED"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
@@ -51,14 +53,18 @@ func TestMountRandom(t *testing.T) {
 	fmt.Fprintf(os.Stderr, "TestMountRandom: LAYERFS_FUZZ_SEED=%d (%d cases)\n", seed, cases)
 	t.Logf("LAYERFS_FUZZ_SEED=%d", seed)
 	bin := buildFsops(t)
-	t.Run(fmt.Sprintf("seed-%d", seed), func(t *testing.T) {
-		for k := range cases {
-			t.Run(fmt.Sprintf("case-%d", k), func(t *testing.T) {
-				t.Parallel()
-				runMountCase(t, randomCase(seed, k), impl, bin)
+	for _, impl := range impls {
+		t.Run(impl.name, func(t *testing.T) {
+			t.Run(fmt.Sprintf("seed-%d", seed), func(t *testing.T) {
+				for k := range cases {
+					t.Run(fmt.Sprintf("case-%d", k), func(t *testing.T) {
+						t.Parallel()
+						runMountCase(t, randomCase(seed, k), impl, bin)
+					})
+				}
 			})
-		}
-	})
+		})
+	}
 }
 
 // The name space: few names, so that ops collide.

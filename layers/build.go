@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/cache"
 	"github.com/layerfs/layerfs/cache/remote"
@@ -48,6 +49,11 @@ type Options struct {
 	// empty. A tier that fails is warned about and left out.
 	CacheFrom []*remote.Tier
 	CacheTo   *remote.Tier
+	// Driver serves the installs' mounts (auto, kernel, fuse); empty
+	// takes the spec's driver:, else auto. Prober decides auto and keeps
+	// its answer; nil makes one for this build.
+	Driver fs.Driver
+	Prober *fs.Prober
 	// RootfsTar, when set, is the source rootfs of directories and files
 	// layers as a tar stream (--rootfs-tar), in place of their source:
 	// dirs: how a build under a fake root (pseudo, fakeroot) hands over
@@ -79,6 +85,8 @@ type LayerReport struct {
 	Pull     Seconds `json:"pull_seconds,omitempty"`
 	Uploaded int64   `json:"uploaded,omitempty"`
 	Pushed   bool    `json:"pushed,omitempty"`
+	// Driver served the mount the layer was built on: kernel or fuse.
+	Driver string `json:"driver,omitempty"`
 }
 
 // Seconds is a duration that marshals as seconds.
@@ -105,16 +113,103 @@ type Result struct {
 }
 
 type builder struct {
-	opts    Options
-	spec    *Spec
-	keys    *keyer
-	lowers  []string // layer dirs of the stack so far, base first
-	release []func()
-	tiers   *tiers
+	opts Options
+	spec *Spec
+	keys *keyer
+	// stack is the layers so far, base first: each is mounted as a lower
+	// of the next while it is still committed and stored.
+	stack []*pending
+	tiers *tiers
 	// prefetched are the background fetches of remote entries, by key.
 	prefetched map[string]*prefetch
 	// repMu guards the reports that pushes in the background update.
 	repMu sync.Mutex
+	// fail ends the build with its first error (a layer stored in the
+	// background stops the install running above it); failed is that
+	// error.
+	fail     context.CancelCauseFunc
+	failMu   sync.Mutex
+	failed   error
+	relMu    sync.Mutex
+	release  []func()
+	driverMu sync.Mutex
+	driver   *fs.Choice
+	// driverLogged: the log said what the installs run on (once).
+	driverLogged bool
+}
+
+// pending is a layer of the stack whose entry may still be in the making:
+// its upper is final once its install has ended, and the layers above
+// mount it while it is committed and stored into the cache, which renames
+// it. Until it is stored it is mounted through dir, a descriptor of the
+// temp entry's layer dir, which the rename does not change. entry and err
+// are set when done is closed.
+type pending struct {
+	dir   *os.File
+	done  chan struct{}
+	entry *cache.Entry
+	err   error
+}
+
+// ready is a pending whose entry is done.
+func ready(e *cache.Entry) *pending {
+	p := &pending{done: make(chan struct{}), entry: e}
+	close(p.done)
+	return p
+}
+
+// lowerPath is where a mount made now finds the layer dir.
+func (p *pending) lowerPath() string {
+	select {
+	case <-p.done:
+		if p.entry != nil {
+			return p.entry.Rootfs()
+		}
+	default:
+	}
+	return "/proc/self/fd/" + strconv.Itoa(int(p.dir.Fd()))
+}
+
+// wait returns the entry once it is stored.
+func (p *pending) wait() (*cache.Entry, error) {
+	<-p.done
+	return p.entry, p.err
+}
+
+// failWith records the build's first error and cancels the build.
+func (b *builder) failWith(err error) {
+	b.failMu.Lock()
+	if b.failed == nil {
+		b.failed = err
+	}
+	b.failMu.Unlock()
+	b.fail(err)
+}
+
+// firstError is the error that ended the build: a layer that failed in
+// the background is why the install above it was cancelled.
+func (b *builder) firstError(err error) error {
+	b.failMu.Lock()
+	defer b.failMu.Unlock()
+	if b.failed != nil {
+		return b.failed
+	}
+	return err
+}
+
+// finishAll waits for the layers still being stored and returns their
+// entries.
+func (b *builder) finishAll() ([]*cache.Entry, error) {
+	var out []*cache.Entry
+	var first error
+	for _, p := range b.stack {
+		e, err := p.wait()
+		if err != nil && first == nil {
+			first = err
+		}
+		out = append(out, e)
+	}
+	return out, first
 }
 
 // Build builds the spec's image: every layer is found in the cache or
@@ -141,20 +236,41 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	// Pushes log from their own goroutine.
+	// Pushes and layers stored in the background log from their own
+	// goroutines.
 	opts.Log = &lockedWriter{w: opts.Log}
-	b := &builder{opts: opts, spec: s}
+	if opts.Prober == nil {
+		opts.Prober = fs.NewProber()
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	b := &builder{opts: opts, spec: s, fail: cancel}
 	b.tiers = newTiers(opts.CacheFrom, opts.CacheTo, opts.Warn, func(format string, args ...any) {
 		fmt.Fprintf(opts.Log, format, args...)
 	})
 	b.tiers.maxSize = opts.MaxLayerSize
 	defer func() {
+		// No layer is left storing in the background, whatever happened.
+		if _, ferr := b.finishAll(); err == nil && ferr != nil {
+			res, err = nil, ferr
+		}
+		if err != nil {
+			err = b.firstError(err)
+		}
+		for _, p := range b.stack {
+			if p.dir != nil {
+				p.dir.Close()
+			}
+		}
 		// A push reads its entry's blob: entries are released after.
 		b.tiers.wait()
 		for _, r := range b.release {
 			r()
 		}
+		cancel(nil)
 	}()
+	if err := b.checkDriver(); err != nil {
+		return nil, err
+	}
 	// Mounts of builds killed before they could unmount would otherwise
 	// keep their temp dirs from being swept.
 	if _, err := fs.ClearStale(); err != nil {
@@ -188,7 +304,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 				return nil, err
 			}
 			res.Base = append(res.Base, rep)
-			b.push(e)
+			b.stack = append(b.stack, ready(e))
 		}
 		parent = base.ManifestDesc.Digest.String()
 	}
@@ -197,7 +313,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	}
 	b.keys.open = b.openEmbedded
 
-	var entries []*cache.Entry
+	nbase := len(b.stack)
 	// Reports are allocated up front: pushes update them by pointer.
 	n := len(s.Layers)
 	if s.mode() == ModeSingle {
@@ -205,11 +321,11 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	}
 	reps := make([]LayerReport, n)
 	if s.mode() == ModeSingle {
-		e, err := b.single(ctx, parent, &reps[0])
+		p, err := b.single(ctx, parent, &reps[0])
 		if err != nil {
 			return nil, err
 		}
-		entries = append(entries, e)
+		b.stack = append(b.stack, p)
 	} else {
 		// Every key is known before anything is built (a key chains its
 		// parent's key), so remote entries can be fetched ahead.
@@ -227,14 +343,18 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 			defer stop()
 		}
 		for i, l := range s.Layers {
-			e, err := b.layer(ctx, ins[i], []Layer{l}, &reps[i])
+			p, err := b.layer(ctx, ins[i], []Layer{l}, &reps[i])
 			if err != nil {
 				return nil, err
 			}
-			entries = append(entries, e)
-			b.push(e)
+			b.stack = append(b.stack, p)
 		}
 	}
+	all, err := b.finishAll()
+	if err != nil {
+		return nil, err
+	}
+	entries := all[nbase:]
 	// Pushes in the background write to reps (under repMu) until
 	// tiers.wait: until then a copy is read.
 	b.repMu.Lock()
@@ -356,9 +476,14 @@ func createdBy(r LayerReport, s *Spec) string {
 	return fmt.Sprintf("layerfs build: layer '%s' (%s)", r.Name, what)
 }
 
-// push makes an entry's layer dir the top of the stack.
-func (b *builder) push(e *cache.Entry) {
-	b.lowers = append(b.lowers, e.Rootfs())
+// mountLowers are the layer dirs of the stack as they can be mounted
+// now: entries, and temp entries of layers still being stored.
+func (b *builder) mountLowers() []string {
+	out := make([]string, len(b.stack))
+	for i, p := range b.stack {
+		out[i] = p.lowerPath()
+	}
+	return out
 }
 
 // maker makes an entry's content in a temp entry and returns its info.
@@ -377,37 +502,57 @@ var errNextMaker = errors.New("not made here")
 // it is held until the entry is in use, which closes the gap a prune
 // could use.
 func (b *builder) lookupOrMake(ctx context.Context, key, name string, makers ...maker) (*cache.Entry, int, error) {
-	c := b.opts.Cache
-	unlock, err := c.Lock(ctx, key)
+	unlock, e, err := b.lookup(ctx, key, name)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer unlock()
-	e, err := c.Lookup(key, name)
-	if err != nil {
-		return nil, 0, err
-	}
 	made := -1
-	if e != nil {
-		// A blob that lost bytes would be linked into the image under its
-		// digest's name, where later writes take it as present.
-		if st, err := os.Stat(e.Blob()); err != nil || st.Size() != e.Info.Size {
-			return nil, 0, fmt.Errorf("cache entry %s: blob is damaged (run layerfs cache verify)", e.Dir)
-		}
-	} else {
-		if e, made, err = makeEntry(ctx, c, name, makers); err != nil {
+	if e == nil {
+		if e, made, err = makeEntry(ctx, b.opts.Cache, name, makers); err != nil {
 			return nil, 0, err
 		}
 		if e == nil {
 			return nil, 0, fmt.Errorf("cache entry %s-%s: no maker made it", cache.ShortKey(key), name)
 		}
 	}
+	if err := b.use(e); err != nil {
+		return nil, 0, err
+	}
+	return e, made, nil
+}
+
+// lookup takes key's lock and looks its entry up; unlock gives the lock
+// back (the caller holds it until the entry is in use, or made).
+func (b *builder) lookup(ctx context.Context, key, name string) (unlock func(), e *cache.Entry, err error) {
+	c := b.opts.Cache
+	if unlock, err = c.Lock(ctx, key); err != nil {
+		return nil, nil, err
+	}
+	if e, err = c.Lookup(key, name); err == nil && e != nil {
+		// A blob that lost bytes would be linked into the image under its
+		// digest's name, where later writes take it as present.
+		if st, serr := os.Stat(e.Blob()); serr != nil || st.Size() != e.Info.Size {
+			err = fmt.Errorf("cache entry %s: blob is damaged (run layerfs cache verify)", e.Dir)
+		}
+	}
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return unlock, e, nil
+}
+
+// use holds e in use until the build ends.
+func (b *builder) use(e *cache.Entry) error {
 	release, err := e.Use()
 	if err != nil {
-		return nil, 0, fmt.Errorf("cache entry %s: %w", e.Dir, err)
+		return fmt.Errorf("cache entry %s: %w", e.Dir, err)
 	}
+	b.relMu.Lock()
 	b.release = append(b.release, release)
-	return e, made, nil
+	b.relMu.Unlock()
+	return nil
 }
 
 // makeEntry inserts the entry the first of makers can make, each in a
@@ -496,7 +641,7 @@ func (b *builder) now() time.Time {
 }
 
 // single folds every layer of the spec into one, as OCI_LAYER_MODE=single.
-func (b *builder) single(ctx context.Context, parent string, rep *LayerReport) (*cache.Entry, error) {
+func (b *builder) single(ctx context.Context, parent string, rep *LayerReport) (*pending, error) {
 	in := b.keys.common(parent, Layer{Name: ModeSingle, Type: ModeSingle})
 	for _, l := range b.spec.Layers {
 		p, err := b.keys.layer(ctx, "", l)
@@ -509,105 +654,217 @@ func (b *builder) single(ctx context.Context, parent string, rep *LayerReport) (
 }
 
 // layer finds one layer made of the steps of ls: in the local cache, in
-// a shared tier, or by building it.
-func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerReport) (*cache.Entry, error) {
+// a shared tier, or by building it. A layer built here is returned once
+// its install has ended: it is committed and stored into the cache in
+// the background, while the next layer installs on top of it.
+func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerReport) (*pending, error) {
 	key := in.key()
 	*rep = LayerReport{Name: in.Name, Type: in.Type, Key: key, Packages: in.Packages}
-	var install, commit time.Duration
-	info := func() cache.Info { return entryInfo(&in, key, b.now()) }
-	var makers []maker
 	pf := b.prefetched[key]
 	if pf != nil {
 		<-pf.done
 	}
-	if pf == nil || !pf.missed {
-		for _, t := range b.tiers.from {
-			makers = append(makers, b.tiers.fetch(ctx, t, &in, key, rep))
-		}
-	}
-	makers = append(makers, func(t *cache.Temp) (cache.Info, error) {
-		fmt.Fprintf(b.opts.Log, "OCI Cache MISS: Layer '%s' (%s)\n", in.Name, in.summary())
-		info := info()
-		start := time.Now()
-		if err := b.run(ctx, t, ls); err != nil {
-			return info, err
-		}
-		// What the build needed beside the upper is not part of the entry.
-		os.Remove(filepath.Join(t.Dir, "mnt"))
-		if err := os.RemoveAll(filepath.Join(t.Dir, "home")); err != nil {
-			return info, err
-		}
-		install = time.Since(start)
-		start = time.Now()
-		layer, err := b.commit(ctx, t)
-		if err != nil {
-			return info, fmt.Errorf("layer '%s': commit: %w", in.Name, err)
-		}
-		commit = time.Since(start)
-		info.DiffID, info.Digest = layer.DiffID, layer.Descriptor.Digest
-		info.MediaType, info.Size = layer.Descriptor.MediaType, layer.Descriptor.Size
-		fmt.Fprintf(b.opts.Log, "OCI Cache: Saving layer '%s' to cache (%s)\n", in.Name, key[:16])
-		return info, nil
-	})
-	e, made, err := b.lookupOrMake(ctx, key, in.Name, makers...)
+	unlock, e, err := b.lookup(ctx, key, in.Name)
 	if err != nil {
 		return nil, err
 	}
-	if made < 0 && pf != nil && pf.rep.Remote != "" {
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
+	src := sourceLocal
+	if e != nil && pf != nil && pf.rep.Remote != "" {
 		// Fetched ahead from a tier: a remote hit.
 		rep.Remote, rep.Downloaded, rep.Pull = pf.rep.Remote, pf.rep.Downloaded, pf.rep.Pull
-		made = 0
+		src = sourceRemote
 	}
-	switch {
-	case made < 0:
-		fmt.Fprintf(b.opts.Log, "OCI Cache HIT: Layer '%s' (%s)\n", in.Name, key[:16])
-	case made < len(makers)-1:
-		fmt.Fprintf(b.opts.Log, "OCI Cache HIT (remote): Layer '%s' (%s)\n", in.Name, key[:16])
+	if e == nil && (pf == nil || !pf.missed) {
+		var makers []maker
+		for _, t := range b.tiers.from {
+			makers = append(makers, b.tiers.fetch(ctx, t, &in, key, rep))
+		}
+		if e, _, err = makeEntry(ctx, b.opts.Cache, in.Name, makers); err != nil {
+			return nil, err
+		}
+		src = sourceRemote
 	}
-	rep.Hit, rep.Install, rep.Commit = made < len(makers)-1, Seconds(install), Seconds(commit)
+	if e != nil {
+		if err := b.use(e); err != nil {
+			return nil, err
+		}
+		if src == sourceRemote {
+			fmt.Fprintf(b.opts.Log, "OCI Cache HIT (remote): Layer '%s' (%s)\n", in.Name, key[:16])
+		} else {
+			fmt.Fprintf(b.opts.Log, "OCI Cache HIT: Layer '%s' (%s)\n", in.Name, key[:16])
+		}
+		rep.Hit, rep.Digest, rep.DiffID, rep.Size = true, e.Info.Digest, e.Info.DiffID, e.Info.Size
+		b.tiers.push(ctx, e, rep, &b.repMu)
+		return ready(e), nil
+	}
+
+	fmt.Fprintf(b.opts.Log, "OCI Cache MISS: Layer '%s' (%s)\n", in.Name, in.summary())
+	t, err := b.opts.Cache.NewTemp(in.Name)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	driver, err := b.run(ctx, t, ls)
+	if err == nil {
+		// What the build needed beside the upper is not part of the entry.
+		os.Remove(filepath.Join(t.Dir, "mnt"))
+		err = os.RemoveAll(filepath.Join(t.Dir, "home"))
+	}
+	if err != nil {
+		err = b.noSpace(err)
+		t.Abort()
+		return nil, err
+	}
+	rep.Install, rep.Driver = Seconds(time.Since(start)), string(driver)
+	fmt.Fprintf(b.opts.Log, "OCI Cache: Saving layer '%s' to cache (%s)\n", in.Name, key[:16])
+
+	dir, err := os.OpenFile(t.Rootfs(), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Abort()
+		return nil, err
+	}
+	below := slices.Clone(b.stack)
+	p := &pending{dir: dir, done: make(chan struct{})}
+	locked = false // until the entry is stored
+	go func() {
+		defer close(p.done)
+		defer unlock()
+		p.entry, p.err = b.store(ctx, t, &in, below, rep)
+		if p.err != nil {
+			p.err = b.noSpace(p.err)
+			t.Abort()
+			b.failWith(p.err)
+		}
+	}()
+	return p, nil
+}
+
+// noSpace adds to err, on its one line, that the cache's filesystem is
+// full, when it is: what failed a layer is then that, whatever the
+// install or the commit made of it.
+func (b *builder) noSpace(err error) error {
+	if msg := b.opts.Cache.NoSpace(err); msg != "" {
+		return fmt.Errorf("%w; %s", err, msg)
+	}
+	return err
+}
+
+// source is where a layer's entry came from.
+type source int
+
+const (
+	sourceLocal  source = iota // the local cache had it
+	sourceRemote               // a shared tier had it
+)
+
+// store commits a built layer's upper over the layers below it (once
+// they are stored: their layer dirs are then where the commit reads
+// them), and inserts it into the cache, holding it in use.
+func (b *builder) store(ctx context.Context, t *cache.Temp, in *inputs, below []*pending, rep *LayerReport) (*cache.Entry, error) {
+	lowers := make([]string, len(below))
+	for i, p := range below {
+		e, err := p.wait()
+		if err != nil {
+			return nil, err // it ends the build itself
+		}
+		lowers[i] = e.Rootfs()
+	}
+	key := in.key()
+	info := entryInfo(in, key, b.now())
+	start := time.Now()
+	layer, err := b.commit(ctx, t, lowers)
+	if err != nil {
+		return nil, fmt.Errorf("layer '%s': commit: %w", in.Name, err)
+	}
+	info.DiffID, info.Digest = layer.DiffID, layer.Descriptor.Digest
+	info.MediaType, info.Size = layer.Descriptor.MediaType, layer.Descriptor.Size
+	e, err := b.opts.Cache.Insert(ctx, t, info)
+	if err != nil {
+		return nil, fmt.Errorf("layer '%s': %w", in.Name, err)
+	}
+	if err := b.use(e); err != nil {
+		return nil, err
+	}
+	rep.Commit = Seconds(time.Since(start))
 	rep.Digest, rep.DiffID, rep.Size = e.Info.Digest, e.Info.DiffID, e.Info.Size
 	b.tiers.push(ctx, e, rep, &b.repMu)
 	return e, nil
 }
 
+// checkDriver refuses --driver kernel where the kernel cannot serve
+// before anything is done; auto is decided when the first layer is built.
+func (b *builder) checkDriver() error {
+	if b.wantDriver() != fs.DriverKernel {
+		return nil
+	}
+	t, err := b.opts.Cache.NewTemp("probe")
+	if err != nil {
+		return err
+	}
+	defer t.Abort()
+	_, err = b.chooseDriver(t.Dir)
+	return err
+}
+
+func (b *builder) wantDriver() fs.Driver {
+	if b.opts.Driver != "" {
+		return b.opts.Driver
+	}
+	d, _ := fs.ParseDriver(b.spec.Driver, "driver") // Validate checked it
+	return d
+}
+
+// chooseDriver decides, once, what serves the build's mounts, probing
+// the kernel with an upper in dir (on the cache's filesystem, where the
+// uppers are), and says so in the log when a layer is first built.
+func (b *builder) chooseDriver(dir string) (fs.Choice, error) {
+	b.driverMu.Lock()
+	defer b.driverMu.Unlock()
+	if b.driver != nil {
+		return *b.driver, nil
+	}
+	c, err := b.opts.Prober.Choose(b.wantDriver(), dir)
+	if err != nil {
+		return c, err
+	}
+	b.driver = &c
+	return c, nil
+}
+
 // run mounts the stack with the temp entry's empty rootfs as the upper
 // and runs each layer's step against the mount.
-func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error) {
+func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (driver fs.Driver, err error) {
 	mnt := filepath.Join(t.Dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
-		return fmt.Errorf("layer '%s': %w", ls[0].Name, err)
+		return "", fmt.Errorf("layer '%s': %w", ls[0].Name, err)
 	}
-	srv, err := fs.Mount(mnt, fs.Options{Lowers: b.lowers, Upper: t.Rootfs(), Work: t.Work()})
+	choice, err := b.chooseDriver(t.Dir)
+	if err != nil {
+		return "", err
+	}
+	if !b.driverLogged {
+		fmt.Fprintf(b.opts.Log, "OCI: installs on %s\n", choice.Describe())
+		b.driverLogged = true
+	}
+	// Every fsync in the mount is skipped: a layer that fails is thrown
+	// away, and one that is kept is synced whole when it is stored
+	// (cache.Insert's syncfs, before the entry appears).
+	sess, err := fs.Start(mnt, fs.Options{Lowers: b.mountLowers(), Upper: t.Rootfs(), Work: t.Work(), NoSync: true}, choice)
 	var specials []special
 	if err != nil {
 		// %v: the layer dirs are the cache's, not the user's input.
-		return fmt.Errorf("layer '%s': mount: %v", ls[0].Name, err)
-	}
-	// Recorded so that a killed build's dead mount is cleared by the next.
-	forget, rerr := fs.Register(fs.MountInfo{Mountpoint: mnt, Lowers: b.lowers, Upper: t.Rootfs(), Workdir: t.Work(),
-		PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second)})
-	if rerr != nil {
-		forget = func() {}
+		return "", fmt.Errorf("layer '%s': mount: %v", ls[0].Name, err)
 	}
 	defer func() {
-		uerr := srv.Unmount()
-		if uerr != nil {
-			uerr = fs.Unmount(mnt, true)
-		}
-		// After a lazy unmount the daemon serves until the last user of
-		// the mount lets go: a process the install left behind (outside a
-		// pid namespace, only a rootless build has such) could hold it,
-		// and write into the upper while it is committed.
-		served := make(chan struct{})
-		go func() { srv.Wait(); close(served) }()
-		select {
-		case <-served:
-		case <-time.After(time.Minute):
-			uerr = fmt.Errorf("still in use a minute after the install ended")
-		}
-		forget()
-		if err == nil && uerr != nil {
-			err = fmt.Errorf("layer '%s': unmount %s: %w", ls[0].Name, mnt, uerr)
+		cerr := sess.Close()
+		if err == nil && cerr != nil {
+			err = fmt.Errorf("layer '%s': %w", ls[0].Name, cerr)
 		}
 		if err == nil {
 			if err = applySpecials(t.Rootfs(), specials); err != nil {
@@ -618,30 +875,31 @@ func (b *builder) run(ctx context.Context, t *cache.Temp, ls []Layer) (err error
 	for _, l := range ls {
 		switch l.Type {
 		case TypePackages:
-			if err := b.install(ctx, t, mnt, l); err != nil {
-				return err
+			if err := b.install(ctx, sess, l); err != nil {
+				return "", err
 			}
 		case TypeImage:
-			if err := b.embed(ctx, t.Dir, mnt, l); err != nil {
-				return err
+			if err := b.embed(ctx, t.Dir, sess.Root(), l); err != nil {
+				return "", err
 			}
 		default:
-			sp, err := copyItems(ctx, mnt, b.spec.copies(l), squashOwner())
+			sp, err := copyItems(ctx, sess.Root(), b.spec.copies(l), squashOwner())
 			if err != nil {
-				return fmt.Errorf("layer '%s': %w", l.Name, err)
+				return "", fmt.Errorf("layer '%s': %w", l.Name, err)
 			}
 			specials = append(specials, sp...)
 		}
 	}
-	return nil
+	return choice.Driver, nil
 }
 
-// install runs a packages layer's command in the sandbox.
-func (b *builder) install(ctx context.Context, t *cache.Temp, mnt string, l Layer) error {
+// install runs a packages layer's command in the sandbox, on the mount.
+func (b *builder) install(ctx context.Context, sess *fs.Session, l Layer) error {
+	mnt := sess.Mountpoint
 	isolate := os.Geteuid() == 0
 	home := "/tmp" // the sandbox's own tmpfs
 	if !isolate {
-		home = filepath.Join(t.Dir, "home")
+		home = filepath.Join(filepath.Dir(mnt), "home")
 		if err := os.MkdirAll(home, 0o700); err != nil {
 			return fmt.Errorf("layer '%s': %w", l.Name, err)
 		}
@@ -662,17 +920,30 @@ func (b *builder) install(ctx context.Context, t *cache.Temp, mnt string, l Laye
 	if !isolate {
 		env = append(env, fakeRootEnv(os.Environ(), mnt)...)
 	}
+	cmd := sandbox.Command{
+		Script:  "umask 022\n" + b.spec.install(l),
+		Dir:     b.spec.Dir,
+		Env:     env,
+		Timeout: time.Duration(b.spec.InstallTimeout),
+		Isolate: isolate,
+		Output:  b.opts.Output,
+	}
+	// A FUSE mount is at mnt already and stays writable in the sandbox; a
+	// kernel mount is attached there in the sandbox's own namespace, and
+	// goes away with it.
+	tree, err := sess.Tree()
+	if err != nil {
+		return fmt.Errorf("layer '%s': %w", l.Name, err)
+	}
+	if tree != nil {
+		defer tree.Close()
+		cmd.Mounts = []sandbox.Mount{{Path: mnt, Tree: tree}}
+	} else {
+		cmd.Writable = []string{mnt}
+	}
 	// The mount's daemon runs with umask 0 (the kernel applies the
 	// caller's); the command gets the usual one.
-	_, err := sandbox.Run(ctx, sandbox.Command{
-		Script:   "umask 022\n" + b.spec.install(l),
-		Dir:      b.spec.Dir,
-		Env:      env,
-		Timeout:  time.Duration(b.spec.InstallTimeout),
-		Isolate:  isolate,
-		Writable: []string{mnt},
-		Output:   b.opts.Output,
-	})
+	_, err = sandbox.Run(ctx, cmd)
 	if err != nil {
 		var xe *sandbox.ExitError
 		if errors.As(err, &xe) {
@@ -748,16 +1019,16 @@ func tailSuffix(tail []string) string {
 	return "; last output: " + strings.Join(tail, " | ")
 }
 
-// commit writes the temp entry's upper as the layer blob.
-func (b *builder) commit(ctx context.Context, t *cache.Temp) (oci.Layer, error) {
+// commit writes the temp entry's upper as the layer blob, over lowers.
+func (b *builder) commit(ctx context.Context, t *cache.Temp, lowers []string) (oci.Layer, error) {
 	f, err := os.OpenFile(t.BlobPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return oci.Layer{}, err
 	}
 	comp, _ := oci.ParseCompression(b.spec.compression())
 	var lower overlay.Lower = overlay.Empty{}
-	if len(b.lowers) > 0 {
-		lower = overlay.NewStack(b.lowers...)
+	if len(lowers) > 0 {
+		lower = overlay.NewStack(lowers...)
 	}
 	layer, err := oci.WriteLayer(ctx, f, t.Rootfs(), lower, oci.LayerOptions{
 		Compression: comp, Threads: b.opts.Threads, SourceDateEpoch: b.opts.SourceDateEpoch,

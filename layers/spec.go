@@ -20,6 +20,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/oci"
 )
@@ -73,6 +74,9 @@ type Spec struct {
 	// Cache names the shared tiers: registries asked on a local miss, in
 	// order, and the one that gets what this build makes.
 	Cache CacheTiers `yaml:"cache"`
+	// Driver is what serves the installs' mounts: auto (the default),
+	// kernel or fuse. It is in no key: the layer bytes do not depend on it.
+	Driver string `yaml:"driver"`
 
 	// Dir is where the spec lives: relative paths in it are relative to
 	// Dir, and install commands run there.
@@ -244,6 +248,9 @@ func (s *Spec) Validate() error {
 	case "", ModeMulti, ModeSingle:
 	default:
 		return inputerr.New("%s: mode %q: want multi or single", where, s.Mode)
+	}
+	if _, err := fs.ParseDriver(s.Driver, where+": driver"); err != nil {
+		return err
 	}
 	if _, err := oci.ParseCompression(s.compression()); err != nil {
 		return inputerr.New("%s: compression %q: want gzip, zstd or none", where, s.Compression)

@@ -41,6 +41,7 @@ type buildCmd struct {
 	CacheFrom    []string      `name:"cache-from" sep:"," env:"LAYERFS_CACHE_FROM" placeholder:"REF" help:"Shared cache tiers (docker://HOST/REPO, repeatable or comma-separated) asked in order on a local miss; overrides the spec's cache.from."`
 	CacheTo      string        `name:"cache-to" env:"LAYERFS_CACHE_TO" placeholder:"REF" help:"Shared cache tier (docker://HOST/REPO) that gets every layer of the build it lacks; overrides the spec's cache.to."`
 	CacheTimeout time.Duration `name:"cache-timeout" default:"30s" placeholder:"D" help:"A cache tier that answers nothing for D is left out of the build, with a warning."`
+	Driver       string        `env:"LAYERFS_DRIVER" placeholder:"auto|kernel|fuse" help:"What serves the installs' mounts: auto (the default: the kernel's overlayfs where this process may mount it, else FUSE), kernel or fuse; overrides the spec's driver:."`
 	Quiet        bool          `short:"q" help:"Do not show the install commands' output."`
 	JSON         bool          `name:"json" help:"Print the result, with per-layer keys, hits and timings, as one JSON object."`
 }
@@ -122,6 +123,12 @@ func (c *buildCmd) Run(e *env) error {
 	if err != nil {
 		return inputerr.New("--max-layer-size %q: %v", c.MaxLayerSize, err)
 	}
+	var driver fs.Driver
+	if c.Driver != "" {
+		if driver, err = fs.ParseDriver(c.Driver, "--driver (or LAYERFS_DRIVER)"); err != nil {
+			return err
+		}
+	}
 	log := e.stdout
 	var output io.Writer = e.stderr
 	if c.JSON {
@@ -138,7 +145,7 @@ func (c *buildCmd) Run(e *env) error {
 	opts := layers.Options{
 		Spec: spec, Cache: ca, Log: log, Output: output, Warn: e.warn,
 		SourceDateEpoch: epoch, MaxLayerSize: maxSize, Threads: c.Threads, Strict: c.Strict, Insecure: c.Insecure,
-		CacheFrom: from, CacheTo: to,
+		CacheFrom: from, CacheTo: to, Driver: driver, Prober: fs.NewProber(),
 	}
 	if c.RootfsTar != "" {
 		r, closeTar, err := openInput(c.RootfsTar)

@@ -35,6 +35,7 @@ type mountCmd struct {
 	Upper        string   `placeholder:"DIR" help:"Writable layer dir that receives every change (created if missing). Without it the mount is a read-only merged view."`
 	Workdir      string   `placeholder:"DIR" help:"Copy-up staging dir on the upper's filesystem (default: a hidden sibling of the upper)."`
 	RO           bool     `name:"ro" help:"Mount read-only; an --upper is then served as the topmost lower."`
+	Driver       string   `env:"LAYERFS_DRIVER" placeholder:"auto|kernel|fuse" help:"What serves the mount: auto (the default: the kernel's overlayfs where this process may mount it, else FUSE), kernel or fuse. A kernel mount has no daemon: it stays until layerfs umount."`
 	Foreground   bool     `help:"Stay attached; SIGINT or SIGTERM unmount cleanly."`
 	Debug        bool     `help:"Log every FUSE request (to the daemon's log, or stderr with --foreground)."`
 	ReadyFd      int      `hidden:"" default:"-1" help:"(internal) report readiness of a background daemon on this fd."`
@@ -47,10 +48,69 @@ func (c *mountCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	want, err := fs.ParseDriver(c.Driver, "--driver (or LAYERFS_DRIVER)")
+	if err != nil {
+		return err
+	}
+	// The probe mounts an upper in the workdir, on the upper's
+	// filesystem; a read-only view has no upper to probe.
+	choice, err := fs.NewProber().Choose(want, opts.Work)
+	if err != nil {
+		return err
+	}
+	if choice.Driver == fs.DriverKernel {
+		return c.mountKernel(e, opts)
+	}
+	c.Driver = string(fs.DriverFUSE) // the daemon need not choose again
 	if !c.Foreground {
 		return c.spawn(e, opts)
 	}
 	return c.serve(e, opts)
+}
+
+// mountKernel mounts with the kernel's overlayfs: no daemon serves it,
+// and it stays until layerfs umount. With --image the image's entries are
+// held in use until the mount is recorded; from then on its record keeps
+// cache prune and rm away from them. In the foreground it waits for
+// SIGINT or SIGTERM and unmounts.
+func (c *mountCmd) mountKernel(e *env, o fs.Options) error {
+	if m, ok, _ := fs.Find(c.Mountpoint); ok && m.Mounted {
+		return inputerr.New("%s: already a layerfs mount", c.Mountpoint)
+	}
+	if c.Image != "" {
+		rep := &reporter{stderr: e.stderr, env: e}
+		img, err := c.applyImage(e.ctx, rep)
+		if err != nil {
+			return err
+		}
+		defer img.Release()
+		o.Lowers = append(img.Rootfs, o.Lowers...)
+	}
+	if err := fs.MountKernel(c.Mountpoint, o); err != nil {
+		return fmt.Errorf("mount %s: %w", c.Mountpoint, err)
+	}
+	if !c.Foreground {
+		return nil
+	}
+	// Until a signal, or someone else's umount.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	stop := make(chan struct{})
+	gone := make(chan struct{})
+	go func() { fs.WaitUnmounted(c.Mountpoint, stop); close(gone) }()
+	select {
+	case <-sigs:
+	case <-e.ctx.Done():
+	case <-gone:
+	}
+	close(stop)
+	if m, ok, _ := fs.Find(c.Mountpoint); ok && m.Mounted {
+		if err := fs.Unmount(c.Mountpoint, false); err != nil {
+			fs.Unmount(c.Mountpoint, true)
+		}
+	}
+	fs.Forget(c.Mountpoint)
+	return nil
 }
 
 // options checks the command line and makes every path absolute: the
@@ -93,11 +153,21 @@ func (c *mountCmd) options() (fs.Options, error) {
 					return o, inputerr.Wrap(err)
 				}
 			}
+			// Checked before it is made: it must not appear in the upper.
+			if rel, err := filepath.Rel(up, o.Work); err == nil && !strings.HasPrefix(rel, "..") {
+				return o, inputerr.New("workdir %s is inside the upper %s: it would become part of the layer", o.Work, up)
+			}
+			if err := os.MkdirAll(o.Work, 0o700); err != nil {
+				return o, inputerr.New("--workdir %s: %v", o.Work, err)
+			}
 		}
 	}
 	o.Debug = c.Debug
 	if err := c.imageOptions(); err != nil {
 		return o, err
+	}
+	if len(c.Lower) == 0 && c.Upper == "" && c.Image == "" {
+		return o, inputerr.New("%s: nothing to mount: give --lower, --upper or --image", c.Mountpoint)
 	}
 	return o, nil
 }
@@ -277,7 +347,7 @@ func (c *mountCmd) spawn(e *env, o fs.Options) error {
 		return err
 	}
 	defer logf.Close()
-	args := []string{"mount", "--foreground", "--ready-fd", "3"}
+	args := []string{"mount", "--foreground", "--ready-fd", "3", "--driver", c.Driver}
 	if c.Image != "" {
 		args = append(args, "--image", c.Image, "--cache", c.Cache, "--max-layer-size", c.MaxLayerSize)
 		if c.Platform != "" {
@@ -521,13 +591,18 @@ func (c *mountsCmd) Run(e *env) error {
 	fmt.Fprintln(tw, "MOUNTPOINT\tSTATE\tPID\tUPPER\tLOWERS")
 	for _, m := range all {
 		state := "serving"
+		if m.IsKernel() {
+			state = "mounted (kernel)"
+		}
 		switch {
 		case !m.Mounted:
 			state = "gone"
 		case !m.Alive:
 			state = "dead"
+		case m.ReadOnly && m.IsKernel():
+			state = "mounted (kernel, ro)"
 		case m.ReadOnly:
-			state = "serving (ro)"
+			state += " (ro)"
 		}
 		upper := m.Upper
 		if upper == "" {

@@ -24,10 +24,12 @@ const (
 )
 
 // The init's extra file descriptors: its configuration (a memfd holding
-// initConfig as JSON) and the pipe it reports on (one initReport).
+// initConfig as JSON), the pipe it reports on (one initReport), and from
+// firstTreeFd on the trees of Command.Mounts.
 const (
-	configFd = 3
-	reportFd = 4
+	configFd    = 3
+	reportFd    = 4
+	firstTreeFd = 5
 )
 
 // initExitSetup is the init's exit status when it could not set up.
@@ -45,8 +47,10 @@ type initConfig struct {
 	Dir      string   `json:"dir"`
 	Env      []string `json:"env"`
 	Writable []string `json:"writable"`
-	Visible  []string `json:"visible"` // kept read-only where a tmpfs covers them
-	Sockets  []string `json:"sockets"` // the host's, to cover
+	// Trees are attached at these paths: the i-th from fd firstTreeFd+i.
+	Trees   []string `json:"trees,omitempty"`
+	Visible []string `json:"visible"` // kept read-only where a tmpfs covers them
+	Sockets []string `json:"sockets"` // the host's, to cover
 }
 
 // initReport is how the script ended, or why it never started.
@@ -65,9 +69,12 @@ func isInit() bool {
 // in it before the init can be reaped, so the tree is gone when Wait returns.
 func runIsolated(ctx context.Context, c Command, out *tail) (outcome, error) {
 	conf := initConfig{Script: c.Script, Dir: c.Dir, Env: c.Env, Writable: c.Writable}
+	for _, m := range c.Mounts {
+		conf.Trees = append(conf.Trees, m.Path)
+	}
 	// The working directory (a spec's, with the packages it names) stays
 	// visible even under /tmp or /run.
-	if !slices.ContainsFunc(c.Writable, func(w string) bool { return within(c.Dir, w) }) {
+	if !slices.ContainsFunc(slices.Concat(c.Writable, conf.Trees), func(w string) bool { return within(c.Dir, w) }) {
 		conf.Visible = []string{c.Dir}
 	}
 	sockets, err := hostSockets()
@@ -94,6 +101,9 @@ func runIsolated(ctx context.Context, c Command, out *tail) (outcome, error) {
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.ExtraFiles = []*os.File{cfg, reportW} // configFd, reportFd
+	for _, m := range c.Mounts {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, m.Tree) // firstTreeFd...
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: cloneFlags,
 		Setsid:     true,

@@ -251,3 +251,48 @@ func TestIsolatedMountBelowWritablePath(t *testing.T) {
 		t.Errorf("sub/g = %q on the host's tmpfs", got)
 	}
 }
+
+// TestIsolatedMounts attaches a detached tree (a tmpfs made with the new
+// mount API, as a kernel overlayfs mount of a build is) at a path under
+// /tmp: the script writes through it, the caller reads what it wrote
+// through its own descriptor, and no mount is left on the host, neither
+// during nor after the run.
+func TestIsolatedMounts(t *testing.T) {
+	testutil.RequireRoot(t)
+	fsfd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fsfd)
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		t.Fatal(err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := os.NewFile(uintptr(mfd), "tmpfs")
+	defer tree.Close()
+	mnt := t.TempDir() // under /tmp: the sandbox's own tmpfs covers it
+	script := `set -e
+echo written > "$MNT/f"
+grep -q " $MNT " /proc/self/mountinfo && echo attached
+`
+	env := append(testEnv(), "MNT="+mnt)
+	res := mustRun(t, Command{Script: script, Env: env, Dir: "/", Isolate: true, Mounts: []Mount{{Path: mnt, Tree: tree}}})
+	if !slices.Contains(res.Tail, "attached") {
+		t.Errorf("the tree is not a mount at %s in the sandbox: %q", mnt, res.Tail)
+	}
+	if got := readFile(t, fmt.Sprintf("/proc/self/fd/%d/f", mfd)); got != "written\n" {
+		t.Errorf("through the caller's descriptor: %q, want the script's write", got)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "f")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the host's %s shows the script's file (%v): the tree was attached outside the sandbox", mnt, err)
+	}
+	if strings.Contains(readFile(t, "/proc/self/mountinfo"), " "+mnt+" ") {
+		t.Errorf("a mount is left at %s on the host", mnt)
+	}
+	if _, err := Run(t.Context(), Command{Script: "true", Mounts: []Mount{{Path: mnt, Tree: tree}}}); err == nil {
+		t.Error("an unisolated run took a tree to attach")
+	}
+}

@@ -44,6 +44,13 @@ func setupMounts(cfg initConfig) error {
 			unix.Close(c.fd)
 		}
 	}()
+	// The trees the caller made (a kernel overlayfs mount) arrived as
+	// descriptors; they are attached with the clones.
+	for i, p := range cfg.Trees {
+		fd := firstTreeFd + i
+		unix.CloseOnExec(fd)
+		clones = append(clones, detached{path: p, fd: fd, dir: true})
+	}
 	for _, w := range cfg.Writable {
 		// Its own mount only: the clone is detached when the tree goes
 		// read-only, so mounts below a writable path keep the host's state.

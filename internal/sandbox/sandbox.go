@@ -96,9 +96,21 @@ type Command struct {
 	// must exist, and stay visible even when they lie under /tmp, /run or
 	// /dev.
 	Writable []string
+	// Mounts are detached mount trees (open_tree, fsmount) that an
+	// isolated run attaches at their paths in its own mount namespace,
+	// writable (as the tree was made) and not nodev, above everything
+	// else; they go away with the namespace, whatever happens to the
+	// caller. The caller keeps its descriptors.
+	Mounts []Mount
 	// Output, if set, also receives stdout and stderr as they come. A
 	// failing Output stops receiving; the command is not disturbed.
 	Output io.Writer
+}
+
+// Mount is a detached mount tree and where a run attaches it.
+type Mount struct {
+	Path string // an existing directory
+	Tree *os.File
 }
 
 // Result describes a finished run.
@@ -175,6 +187,17 @@ func Run(ctx context.Context, c Command) (Result, error) {
 	c.Dir = dir
 	if c.Writable, err = resolveWritable(c.Writable); err != nil {
 		return res, err
+	}
+	if len(c.Mounts) > 0 && !c.Isolate {
+		return res, errors.New("sandbox: mounts are attached in an isolated run's namespace only")
+	}
+	c.Mounts = slices.Clone(c.Mounts)
+	for i := range c.Mounts {
+		p, err := resolveWritable([]string{c.Mounts[i].Path})
+		if err != nil {
+			return res, err
+		}
+		c.Mounts[i].Path = p[0]
 	}
 	if c.Env == nil {
 		c.Env = []string{} // exec.Cmd inherits on nil

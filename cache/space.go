@@ -1,0 +1,95 @@
+package cache
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// fullBelow is how little free space makes a filesystem full for
+// NoSpace: a write that failed for want of space leaves less than that.
+const fullBelow = 4 << 20
+
+// NoSpace says, for an error message, that the cache's filesystem has no
+// room left ("the filesystem of the cache, /var/cache (/dev/vdb), is
+// full: 1.2 MB free"), or returns "" when it has room: when err is
+// ENOSPC, or the filesystem's free space (or free inodes) has run out, a
+// failure is likely that.
+func (c *Cache) NoSpace(err error) string {
+	var st unix.Statfs_t
+	if unix.Statfs(c.dir, &st) != nil {
+		return ""
+	}
+	free := st.Bavail
+	if os.Geteuid() == 0 {
+		free = st.Bfree // root writes into the reserved blocks too
+	}
+	bytes := free * uint64(st.Bsize)
+	if !errors.Is(err, unix.ENOSPC) && bytes >= fullBelow && (st.Files == 0 || st.Ffree > 0) {
+		return ""
+	}
+	what := fmt.Sprintf("%s free", humanBytes(bytes))
+	if st.Files > 0 && st.Ffree == 0 {
+		what = "no inode free"
+	}
+	return fmt.Sprintf("the filesystem of the cache, %s, is full: %s", describeFS(c.dir), what)
+}
+
+// describeFS names the filesystem path is on: its mount point and source,
+// from /proc/self/mountinfo (the deepest mount of path's device that
+// contains it).
+func describeFS(path string) string {
+	if p, err := filepath.EvalSymlinks(path); err == nil {
+		path = p
+	}
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return path
+	}
+	dev := fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return path
+	}
+	defer f.Close()
+	best, source := "", ""
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		fl := strings.Fields(sc.Text())
+		if len(fl) < 5 || fl[2] != dev {
+			continue
+		}
+		mp := strings.ReplaceAll(fl[4], `\040`, " ")
+		if (path == mp || mp == "/" || strings.HasPrefix(path, mp+"/")) && len(mp) >= len(best) {
+			best, source = mp, ""
+			for i, x := range fl {
+				if x == "-" && i+2 < len(fl) {
+					source = fl[i+2]
+				}
+			}
+		}
+	}
+	if best == "" {
+		return path
+	}
+	return best + " (" + source + ")"
+}
+
+func humanBytes(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
