@@ -92,7 +92,7 @@ done
 has_tool() { [[ ",$TOOLS," == *",$1,"* ]]; }
 
 ((EUID == 0)) || die "needs root (debootstrap, chroot, mounts, the loop device)"
-for t in go debootstrap chroot mkfs.ext4 losetup mount umount flock sync podman runc; do
+for t in go debootstrap chroot mkfs.ext4 losetup mount umount flock sync podman runc skopeo; do
   command -v $t >/dev/null || die "$t not found"
 done
 has_tool buildah && { command -v buildah >/dev/null || die "buildah not found"; }
@@ -110,6 +110,7 @@ RUN=$WORK/run
 mkdir -p "$WORK/bin" "$RUN" "$SCR"
 LOOPDEV=
 BUILDAH_RUNROOT=/run/layerfs-distro-bench-buildah
+PODMAN_RUNROOT=/run/lfs-distro-podman  # podman wants it under 50 bytes
 umount_under() {  # DIR: unmount everything mounted below DIR, deepest first
   local p
   while read -r p; do
@@ -120,7 +121,7 @@ umount_under() {  # DIR: unmount everything mounted below DIR, deepest first
 cleanup() {
   umount_under "$SCR"
   scratch_loop_release
-  rm -rf "$BUILDAH_RUNROOT"
+  rm -rf "$BUILDAH_RUNROOT" "$PODMAN_RUNROOT"
   if ((KEEP)); then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -222,7 +223,7 @@ EOF
 scratch_loop "$CACHE/distro-scratch.img" "$IMG_GB" "$SCR"
 W=$SCR/w   # the current build's everything
 
-fresh() { umount_under "$SCR"; rm -rf "$W" "$BUILDAH_RUNROOT"; mkdir -p "$W"; sync; }
+fresh() { umount_under "$SCR"; rm -rf "$W" "$BUILDAH_RUNROOT" "$PODMAN_RUNROOT"; mkdir -p "$W"; sync; }
 
 # ---------------------------------------------------------------- the tools
 
@@ -280,24 +281,26 @@ top_buildah() { buildah_layer l2 web l3v2 v2; }
 top_umoci() { umoci_layer l2 web l3v2 v2; }
 top_bare() {
   mkdir -p "$W/u3" "$W/w3" "$W/m3"
-  mount -t overlay overlay -o "lowerdir=$W/u1:$W/u0:$W/empty,upperdir=$W/u3,workdir=$W/w3,redirect_dir=off,metacopy=off,index=off,xino=off$1" "$W/m3"
+  mount -t overlay overlay -o "lowerdir=$W/u1:$W/u0:$W/empty,upperdir=$W/u3,workdir=$W/w3,redirect_dir=off,metacopy=off,index=off,xino=off${1:-}" "$W/m3"
   "$INSTALL" "$W/m3" web v2 || die "install of web (bare) failed"
   umount "$W/m3"
 }
 top_bare-vol() { top_bare ',volatile'; }
 
-# the image a tool made runs in podman
+# the image a tool made runs in podman (copied by skopeo into a private store)
 check_runs() {  # TOOL
-  local ref out
+  local ref out store=$W/podman name=localhost/layerfs-distro-bench:$1
   case $1 in
     kernel|fuse) ref=oci:$W/out:distro ;;
     buildah) B push -q l3 "oci:$W/buildah-oci:l3" >/dev/null || die "buildah push failed"; ref=oci:$W/buildah-oci:l3 ;;
     umoci) ref=oci:$W/umoci:l3 ;;
     *) return 0 ;;
   esac
-  out=$(podman --root "$W/podman" --runroot "$W/podman-run" --runtime /usr/sbin/runc --cgroup-manager=cgroupfs \
-    run --rm --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "$ref" \
-    sh -c 'python3 -c "print(6 * 7)" && nginx -v 2>&1 && curl --version | head -1' 2>&1) ||
+  skopeo --insecure-policy copy --quiet "$ref" "containers-storage:[overlay@$store+$PODMAN_RUNROOT]$name" ||
+    die "skopeo copy of the $1 image failed"
+  out=$(podman --root "$store" --runroot "$PODMAN_RUNROOT" --storage-driver overlay --runtime /usr/sbin/runc \
+    --cgroup-manager=cgroupfs --events-backend=file run --rm --network none --ulimit nofile=1024:1024 \
+    --ulimit nproc=1024:1024 "$name" sh -c 'python3 -c "print(6 * 7)" && nginx -v 2>&1 && curl --version | head -1' 2>&1) ||
     die "the $1 image does not run in podman: $out"
   [[ $out == *42* && $out == *nginx/* && $out == *curl\ * ]] || die "the $1 image in podman printed: $out"
   log "$1: the image runs in podman ($(echo "$out" | tr '\n' ' '))"
@@ -312,7 +315,8 @@ measure() {  # KEY FUNC...
   ((QUIET)) && wait_quiet "$QUIET"
   start
   "$@"
-  t=$(stop)
+  stop >"$RUN/stop"   # not in $(...): times must run in this shell
+  t=$(<"$RUN/stop")
   R[$key]+="${t%% *} "
   CPU[$key]+="${t##* } "
   log "$key: ${t%% *} s (CPU ${t##* } s)"

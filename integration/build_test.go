@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -170,6 +171,7 @@ type buildResult struct {
 		Key    string `json:"key"`
 		Hit    bool   `json:"hit"`
 		Digest string `json:"digest"`
+		Driver string `json:"driver"`
 	} `json:"layers"`
 }
 
@@ -191,6 +193,15 @@ func layerfsBuild(ctx context.Context, t *testing.T, dir string, env []string, a
 		if a == "--json" && r.err == nil {
 			if err := json.Unmarshal(stdout.Bytes(), &r.result); err != nil {
 				t.Fatalf("layerfs build --json: %v\n%s", err, r.stdout)
+			}
+		}
+	}
+	// A run of the suite with LAYERFS_DRIVER set builds every layer on
+	// that driver, unless a test asks for another.
+	if want := os.Getenv("LAYERFS_DRIVER"); want != "" && !slices.Contains(args, "--driver") && !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "LAYERFS_DRIVER=") }) {
+		for _, l := range r.result.Layers {
+			if !l.Hit && l.Driver != want {
+				t.Errorf("LAYERFS_DRIVER=%s, but layer %s was built on %q", want, l.Name, l.Driver)
 			}
 		}
 	}

@@ -343,7 +343,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 			defer stop()
 		}
 		for i, l := range s.Layers {
-			p, err := b.layer(ctx, ins[i], []Layer{l}, &reps[i])
+			p, err := b.layer(ctx, ins[i], []Layer{l}, &reps[i], i == len(s.Layers)-1)
 			if err != nil {
 				return nil, err
 			}
@@ -650,14 +650,15 @@ func (b *builder) single(ctx context.Context, parent string, rep *LayerReport) (
 		}
 		in.Parts = append(in.Parts, p)
 	}
-	return b.layer(ctx, in, b.spec.Layers, rep)
+	return b.layer(ctx, in, b.spec.Layers, rep, true)
 }
 
 // layer finds one layer made of the steps of ls: in the local cache, in
 // a shared tier, or by building it. A layer built here is returned once
 // its install has ended: it is committed and stored into the cache in
-// the background, while the next layer installs on top of it.
-func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerReport) (*pending, error) {
+// the background, while the next layer installs on top of it. last says
+// no layer of the build comes after this one.
+func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerReport, last bool) (*pending, error) {
 	key := in.key()
 	*rep = LayerReport{Name: in.Name, Type: in.Type, Key: key, Packages: in.Packages}
 	pf := b.prefetched[key]
@@ -735,7 +736,14 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerRe
 	go func() {
 		defer close(p.done)
 		defer unlock()
-		p.entry, p.err = b.store(ctx, t, &in, below, rep)
+		// Unless told otherwise, a commit beside the next layer's install
+		// compresses on one thread: the install (a package manager, mostly
+		// one thread) keeps a CPU, and the commit is done long before it.
+		threads := b.opts.Threads
+		if threads == 0 && !last {
+			threads = 1
+		}
+		p.entry, p.err = b.store(ctx, t, &in, below, rep, threads)
 		if p.err != nil {
 			p.err = b.noSpace(p.err)
 			t.Abort()
@@ -766,7 +774,7 @@ const (
 // store commits a built layer's upper over the layers below it (once
 // they are stored: their layer dirs are then where the commit reads
 // them), and inserts it into the cache, holding it in use.
-func (b *builder) store(ctx context.Context, t *cache.Temp, in *inputs, below []*pending, rep *LayerReport) (*cache.Entry, error) {
+func (b *builder) store(ctx context.Context, t *cache.Temp, in *inputs, below []*pending, rep *LayerReport, threads int) (*cache.Entry, error) {
 	lowers := make([]string, len(below))
 	for i, p := range below {
 		e, err := p.wait()
@@ -778,7 +786,7 @@ func (b *builder) store(ctx context.Context, t *cache.Temp, in *inputs, below []
 	key := in.key()
 	info := entryInfo(in, key, b.now())
 	start := time.Now()
-	layer, err := b.commit(ctx, t, lowers)
+	layer, err := b.commit(ctx, t, lowers, threads)
 	if err != nil {
 		return nil, fmt.Errorf("layer '%s': commit: %w", in.Name, err)
 	}
@@ -1020,7 +1028,7 @@ func tailSuffix(tail []string) string {
 }
 
 // commit writes the temp entry's upper as the layer blob, over lowers.
-func (b *builder) commit(ctx context.Context, t *cache.Temp, lowers []string) (oci.Layer, error) {
+func (b *builder) commit(ctx context.Context, t *cache.Temp, lowers []string, threads int) (oci.Layer, error) {
 	f, err := os.OpenFile(t.BlobPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return oci.Layer{}, err
@@ -1031,7 +1039,7 @@ func (b *builder) commit(ctx context.Context, t *cache.Temp, lowers []string) (o
 		lower = overlay.NewStack(lowers...)
 	}
 	layer, err := oci.WriteLayer(ctx, f, t.Rootfs(), lower, oci.LayerOptions{
-		Compression: comp, Threads: b.opts.Threads, SourceDateEpoch: b.opts.SourceDateEpoch,
+		Compression: comp, Threads: threads, SourceDateEpoch: b.opts.SourceDateEpoch,
 		Exclude: b.spec.Exclude, Warn: b.opts.Warn,
 		// Unprivileged, what the build made without chowning it is root's.
 		SquashOwner: squashOwner(),

@@ -58,5 +58,28 @@ for m in $modules; do
 		status=1
 	fi
 done
+# The build tests once more with every install on FUSE: as root, the run above
+# built on the kernel's overlayfs (--driver auto). Rootless and fake-root builds
+# ran on FUSE there already.
+builds='^(TestBuild|TestCacheCLI|TestFromEnv|TestNested|TestRegistryCommitAndBuild|TestSharedCache|TestYocto)'
+echo "== go test (./integration, the build tests with LAYERFS_DRIVER=fuse)"
+log=$logdir/integration-fuse.log
+set +e
+(cd "$top/integration" && LAYERFS_DRIVER=fuse go test -count=1 -timeout 30m -v -run "$builds" . >"$log" 2>&1)
+rc=$?
+set -e
+grep -E '^(--- FAIL|FAIL|ok|panic:|\s+--- FAIL)' "$log" || true
+passed=$(grep -c -E '^\s*--- PASS' "$log" || true)
+failed=$(grep -c -E '^\s*--- FAIL' "$log" || true)
+echo "   ./integration (builds on FUSE): $passed passed, $failed failed (log: $log)"
+if [ "$rc" != 0 ]; then
+	echo "== failures in ./integration (builds on FUSE):"
+	grep -E -B2 -A25 '^\s*--- FAIL' "$log" | head -300 || tail -50 "$log"
+	status=1
+fi
+if [ "$passed" = 0 ]; then
+	echo "== the build tests on FUSE ran no tests: that is a failure"
+	status=1
+fi
 cd "$top"
 exit $status
