@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -53,13 +54,27 @@ type Server struct {
 	*fuse.Server
 	Mountpoint string
 	keep       []*os.File // the read-only lower mounts live as long as these
+	u          *overlay.Union
+	release    sync.Once
+}
+
+// Wait returns once the mount no longer serves, and lets go of the layer
+// dirs.
+func (s *Server) Wait() {
+	s.Server.Wait()
+	s.release.Do(func() {
+		s.u.Close()
+		for _, f := range s.keep {
+			f.Close()
+		}
+	})
 }
 
 // Mount mounts the union of opts at mountpoint and serves it from this
 // process until it is unmounted. As root it mounts directly, with setuid
 // files and devices working and default_permissions; as another user it
 // goes through fusermount3 and decides permissions itself.
-func Mount(mountpoint string, opts Options) (*Server, error) {
+func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 	rootless := os.Geteuid() != 0
 	if opts.Timeout == 0 {
 		opts.Timeout = time.Hour
@@ -86,9 +101,20 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 		// new file, which must not inherit its identity.
 		OnGone: func(o overlay.Object) { fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) }})
 	if err != nil {
+		for _, f := range keep {
+			f.Close()
+		}
 		return nil, inputerr.Wrap(err) // the layer dirs given are not usable as such
 	}
 	fsys.u = u
+	defer func() {
+		if err != nil {
+			u.Close()
+			for _, f := range keep {
+				f.Close()
+			}
+		}
+	}()
 	if err := clearStale(mountpoint); err != nil {
 		return nil, err
 	}
@@ -149,7 +175,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if o, err := u.Lookup(""); err == nil {
 		fsys.inos.alias(inoKey{o.Layer, o.Stat.Ino}, ident{ino: 1})
 	}
-	return &Server{Server: srv, Mountpoint: mountpoint, keep: keep}, nil
+	return &Server{Server: srv, Mountpoint: mountpoint, keep: keep, u: u}, nil
 }
 
 // Unmount unmounts the mount and waits until it no longer serves. As a
@@ -162,7 +188,7 @@ func (s *Server) Unmount() error {
 	if err := Unmount(s.Mountpoint, false); err != nil {
 		return err
 	}
-	s.Server.Wait()
+	s.Wait()
 	return nil
 }
 

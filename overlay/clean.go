@@ -2,7 +2,6 @@ package overlay
 
 import (
 	"fmt"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,7 +31,7 @@ func CleanKernelUpper(upper string) error {
 		return fmt.Errorf("clean upper %s: %w", upper, err)
 	}
 	defer unix.Close(fd)
-	if err := cleanXattrs(upper); err != nil {
+	if err := cleanXattrs(atRoot(fd, upper)); err != nil {
 		return fmt.Errorf("clean upper %s: %w", upper, err)
 	}
 	if err := cleanDir(fd); err != nil {
@@ -46,7 +45,7 @@ func cleanDir(dfd int) error {
 	if err != nil {
 		return err
 	}
-	proc := "/proc/self/fd/" + strconv.Itoa(dfd) + "/"
+	d := at{dir: dfd, path: "."}
 	for _, e := range ents {
 		if e.typ == unix.DT_UNKNOWN {
 			var st unix.Stat_t
@@ -60,7 +59,7 @@ func cleanDir(dfd int) error {
 		if e.typ == unix.DT_CHR {
 			continue // a whiteout (or a device): copy-up never marks one
 		}
-		if err := cleanXattrs(proc + e.name); err != nil {
+		if err := cleanXattrs(d.join(e.name)); err != nil {
 			return err
 		}
 		if e.typ != unix.DT_DIR {
@@ -79,7 +78,7 @@ func cleanDir(dfd int) error {
 	return nil
 }
 
-func cleanXattrs(p string) error {
+func cleanXattrs(p at) error {
 	names, err := readXattrNames(p)
 	if err != nil {
 		return fmt.Errorf("listxattr: %w", err)
@@ -89,7 +88,7 @@ func cleanXattrs(p string) error {
 			if n != k {
 				continue
 			}
-			if err := unix.Lremovexattr(p, n); err != nil && err != unix.ENODATA {
+			if err := p.removexattr(n); err != nil && err != unix.ENODATA {
 				return fmt.Errorf("removexattr %s: %w", n, err)
 			}
 		}

@@ -54,7 +54,7 @@ func TestCleanKernelUpper(t *testing.T) {
 	}
 	mounted = false
 	names := func(p string) []string {
-		n, err := readXattrNames(filepath.Join(upper, p))
+		n, err := readXattrNames(atPath(filepath.Join(upper, p)))
 		if err != nil {
 			t.Fatal(err)
 		}

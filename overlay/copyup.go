@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -14,8 +13,8 @@ import (
 
 // workTemp names a staging entry in the workdir; the pid keeps two
 // daemons sharing a workdir apart.
-func (u *Union) workTemp() string {
-	return filepath.Join(u.work, "#"+strconv.Itoa(os.Getpid())+"-"+strconv.FormatUint(u.tmpSeq.Add(1), 36))
+func (u *Union) workTemp() at {
+	return u.work.join("#" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(u.tmpSeq.Add(1), 36))
 }
 
 // CopyUp makes rel exist in the upper, with its parents, and returns the
@@ -38,7 +37,7 @@ func (u *Union) copyUp(rel string, noData bool) (Object, error) {
 	if err != nil || o.InUpper() {
 		return o, err
 	}
-	if u.upper == "" {
+	if !u.hasUpper {
 		return o, unix.EROFS
 	}
 	if rel != "" {
@@ -48,28 +47,28 @@ func (u *Union) copyUp(rel string, noData bool) (Object, error) {
 		}
 	}
 	var raw unix.Stat_t
-	if err := unix.Lstat(o.Path, &raw); err != nil {
-		return o, &os.PathError{Op: "lstat", Path: o.Path, Err: err}
+	if err := o.at.lstat(&raw); err != nil {
+		return o, o.at.err("lstat", err)
 	}
 	tmp := u.workTemp()
 	if noData {
 		raw.Size = 0
 	}
-	if err := u.cloneObject(o.Path, tmp, &raw); err != nil {
-		os.RemoveAll(tmp)
+	if err := u.cloneObject(o.at, tmp, &raw); err != nil {
+		tmp.removeAll()
 		return o, fmt.Errorf("copy up %s: %w", rel, err)
 	}
 	// A copy-up is not a change of the parent directory: its times stay
 	// what they were, as on the kernel's overlayfs.
 	pdir, _ := Split(rel)
 	var pst unix.Stat_t
-	parentTimes := rel != "" && unix.Lstat(u.upperPath(pdir), &pst) == nil
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, u.upperPath(rel), unix.RENAME_NOREPLACE); err != nil {
-		os.RemoveAll(tmp)
+	parentTimes := rel != "" && u.upperAt(pdir).lstat(&pst) == nil
+	if err := renameat2(tmp, u.upperAt(rel), unix.RENAME_NOREPLACE); err != nil {
+		tmp.removeAll()
 		return o, fmt.Errorf("copy up %s: %w", rel, err)
 	}
 	if parentTimes {
-		unix.UtimesNanoAt(unix.AT_FDCWD, u.upperPath(pdir), []unix.Timespec{pst.Atim, pst.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
+		u.upperAt(pdir).utimes([]unix.Timespec{pst.Atim, pst.Mtim})
 	}
 	up, err := u.lookup(rel)
 	if err == nil && u.onCopyUp != nil {
@@ -80,10 +79,10 @@ func (u *Union) copyUp(rel string, noData bool) (Object, error) {
 
 // cloneObject creates dst as a copy of src: data (for files), owner,
 // mode, xattrs and times.
-func (u *Union) cloneObject(src, dst string, st *unix.Stat_t) error {
+func (u *Union) cloneObject(src, dst at, st *unix.Stat_t) error {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
-		if err := unix.Mkdir(dst, 0o700); err != nil {
+		if err := dst.mkdir(0o700); err != nil {
 			return err
 		}
 	case unix.S_IFREG:
@@ -91,15 +90,15 @@ func (u *Union) cloneObject(src, dst string, st *unix.Stat_t) error {
 			return err
 		}
 	case unix.S_IFLNK:
-		target, err := os.Readlink(src)
+		target, err := src.readlink()
 		if err != nil {
 			return err
 		}
-		if err := unix.Symlink(target, dst); err != nil {
+		if err := dst.symlink(target); err != nil {
 			return err
 		}
 	default:
-		if err := unix.Mknod(dst, st.Mode, int(st.Rdev)); err != nil {
+		if err := dst.mknod(st.Mode, int(st.Rdev)); err != nil {
 			return err
 		}
 	}
@@ -107,7 +106,7 @@ func (u *Union) cloneObject(src, dst string, st *unix.Stat_t) error {
 }
 
 // copyMeta gives dst the owner, mode, xattrs and times of src.
-func (u *Union) copyMeta(src, dst string, st *unix.Stat_t) error {
+func (u *Union) copyMeta(src, dst at, st *unix.Stat_t) error {
 	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
 	raw, err := readXattrs(src)
 	if err != nil {
@@ -121,7 +120,7 @@ func (u *Union) copyMeta(src, dst string, st *unix.Stat_t) error {
 		return err
 	}
 	if !isLink {
-		if err := unix.Chmod(dst, st.Mode&07777); err != nil {
+		if err := dst.chmod(st.Mode & 07777); err != nil {
 			return err
 		}
 	}
@@ -132,7 +131,7 @@ func (u *Union) copyMeta(src, dst string, st *unix.Stat_t) error {
 		if name == xattrOverrideStatOld {
 			name = XattrOverrideStat // carry it over in today's name
 		}
-		if err := unix.Lsetxattr(dst, name, []byte(v), 0); err != nil {
+		if err := dst.setxattr(name, []byte(v), 0); err != nil {
 			if u.rootless && (strings.HasPrefix(name, "trusted.") || strings.HasPrefix(name, "security.")) {
 				continue // needs privileges this daemon lacks
 			}
@@ -142,8 +141,7 @@ func (u *Union) copyMeta(src, dst string, st *unix.Stat_t) error {
 			return fmt.Errorf("setxattr %s %s: %w", dst, name, err)
 		}
 	}
-	ts := []unix.Timespec{st.Atim, st.Mtim}
-	return unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
+	return dst.utimes([]unix.Timespec{st.Atim, st.Mtim})
 }
 
 // skipOnCopyUp: union bookkeeping of the layer the object came from
@@ -159,9 +157,9 @@ func skipOnCopyUp(name string) bool {
 // setOwner chowns p, or, where this process may not (rootless), records
 // the owner, mode and type in user.containers.override_stat. hasOverride:
 // the caller copies an override over p anyway.
-func (u *Union) setOwner(p string, uid, gid, mode uint32, hasOverride bool) error {
+func (u *Union) setOwner(p at, uid, gid, mode uint32, hasOverride bool) error {
 	if !u.rootless {
-		return unix.Lchown(p, int(uid), int(gid))
+		return p.chown(int(uid), int(gid))
 	}
 	if hasOverride {
 		return nil
@@ -169,7 +167,7 @@ func (u *Union) setOwner(p string, uid, gid, mode uint32, hasOverride bool) erro
 	if int(uid) == os.Geteuid() && int(gid) == os.Getegid() {
 		return nil
 	}
-	if err := unix.Lchown(p, int(uid), int(gid)); err == nil {
+	if err := p.chown(int(uid), int(gid)); err == nil {
 		return nil
 	}
 	if u.recordChowns {
@@ -189,11 +187,11 @@ func (u *Union) setOwner(p string, uid, gid, mode uint32, hasOverride bool) erro
 
 // recordOverride writes the override_stat a rootless daemon keeps for an
 // owner or mode it cannot apply.
-func (u *Union) recordOverride(p string, uid, gid, mode uint32) error {
+func (u *Union) recordOverride(p at, uid, gid, mode uint32) error {
 	o := Override{UID: uid, GID: gid, Mode: mode & 07777, Type: TypeOf(mode)}
 	if o.Type == TypeChar || o.Type == TypeBlock {
 		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err == nil {
+		if err := p.lstat(&st); err == nil {
 			o.Major, o.Minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
 		}
 	}
@@ -201,21 +199,21 @@ func (u *Union) recordOverride(p string, uid, gid, mode uint32) error {
 		return nil // Linux refuses user.* xattrs on symlinks; they keep the daemon's owner
 	}
 	u.upperOverrides.Store(true)
-	return unix.Lsetxattr(p, XattrOverrideStat, []byte(o.Format()), 0)
+	return p.setxattr(XattrOverrideStat, []byte(o.Format()), 0)
 }
 
 // copyFileData copies a regular file: a reflink where the filesystem can,
 // else copy_file_range over the data extents only, so that holes stay
 // holes.
-func copyFileData(src, dst string, size int64) error {
-	in, err := unix.Open(src, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+func copyFileData(src, dst at, size int64) error {
+	in, err := src.open(unix.O_RDONLY, 0)
 	if err != nil {
-		return &os.PathError{Op: "open", Path: src, Err: err}
+		return src.err("open", err)
 	}
 	defer unix.Close(in)
-	out, err := unix.Open(dst, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+	out, err := dst.open(unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o600)
 	if err != nil {
-		return &os.PathError{Op: "create", Path: dst, Err: err}
+		return dst.err("create", err)
 	}
 	defer unix.Close(out)
 	if size == 0 {

@@ -30,25 +30,26 @@ func Stat(path string) (Entry, error) {
 	if err := unix.Lstat(path, &st); err != nil {
 		return Entry{Name: filepath.Base(path)}, &os.PathError{Op: "lstat", Path: path, Err: err}
 	}
-	return statWith(path, &st)
+	return statWith(atPath(path), &st)
 }
 
-// statWith completes an Entry for path from an lstat result the caller
+// statWith completes an Entry for a from an lstat result the caller
 // already has, so that no object is stat'ed twice.
-func statWith(path string, st *unix.Stat_t) (Entry, error) {
-	e := Entry{Name: filepath.Base(path)}
+func statWith(a at, st *unix.Stat_t) (Entry, error) {
+	_, name := a.parent()
+	e := Entry{Name: name}
 	if IsWhiteoutDevice(st) {
 		e.Whiteout = true
 		return e, nil
 	}
 	e.Meta = metaFromStat(st)
-	raw, err := readXattrs(path)
+	raw, err := readXattrs(a)
 	if err != nil {
 		return e, err
 	}
 	mk, xattrs := splitXattrs(raw)
 	if mk.unsupported != "" {
-		return e, fmt.Errorf("%s: has %s: %w", path, mk.unsupported, ErrUnsupportedUpper)
+		return e, fmt.Errorf("%s: has %s: %w", a, mk.unsupported, ErrUnsupportedUpper)
 	}
 	if mk.whiteout && e.Meta.Type == TypeReg {
 		return Entry{Name: e.Name, Whiteout: true}, nil
@@ -58,15 +59,15 @@ func statWith(path string, st *unix.Stat_t) (Entry, error) {
 	if mk.override != "" {
 		o, err := ParseOverride(mk.override)
 		if err != nil {
-			return e, fmt.Errorf("%s: %w", path, err)
+			return e, fmt.Errorf("%s: %w", a, err)
 		}
 		o.apply(&e.Meta)
 	} else {
 		e.Meta.OnDiskOwner = true
 	}
 	if e.Meta.Type == TypeSymlink {
-		if e.Meta.Link, err = os.Readlink(path); err != nil {
-			return e, err
+		if e.Meta.Link, err = a.readlink(); err != nil {
+			return e, a.err("readlink", err)
 		}
 	}
 	return e, nil
@@ -110,7 +111,7 @@ func ReadDir(dir string) (entries []Entry, opaque bool, err error) {
 		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return nil, false, &os.PathError{Op: "lstat", Path: filepath.Join(dir, name), Err: err}
 		}
-		e, err := statWith(filepath.Join(dir, name), &st)
+		e, err := statWith(at{dir: fd, path: name, root: dir}, &st)
 		if err != nil {
 			return nil, false, err
 		}

@@ -2,7 +2,6 @@ package overlay
 
 import (
 	"encoding/binary"
-	"os"
 	"slices"
 	"strings"
 
@@ -17,17 +16,17 @@ type dirent struct {
 	ino  uint64
 }
 
-// readDirents lists the directory at path, without "." and "..", sorted
-// by name.
-func readDirents(path string) ([]dirent, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// readDirents lists the directory a, without "." and "..", sorted by
+// name.
+func readDirents(a at) ([]dirent, error) {
+	fd, err := a.open(unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, a.err("open", err)
 	}
 	defer unix.Close(fd)
 	out, err := readDirentsFd(fd)
 	if err != nil {
-		return nil, &os.PathError{Op: "getdents", Path: path, Err: err}
+		return nil, a.err("getdents", err)
 	}
 	return out, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 
@@ -37,7 +36,7 @@ func (Empty) SameContent(string, string) (bool, error) { return false, nil }
 // overlayfs resolves its lowers: the topmost non-directory wins, directories
 // merge downward until a whiteout, an opaque directory or a non-directory.
 type Stack struct {
-	top []string // layer dirs, topmost first
+	top []at // layer dirs, topmost first
 	// Layers are immutable while a Stack reads them, so what it learns is
 	// cached for good. mu guards the caches: a mount resolves paths from
 	// many goroutines.
@@ -55,7 +54,7 @@ type Stack struct {
 // LowerEntry is a name of a merged lower directory, served by the
 // topmost layer that has it.
 type LowerEntry struct {
-	Dir   string // the layer directory holding it
+	Dir   at     // the layer directory holding it
 	Layer int    // which layer: an index into Layers
 	Mode  uint32 // S_IFMT bits
 	Ino   uint64 // in the layer's filesystem
@@ -63,16 +62,26 @@ type LowerEntry struct {
 
 // Source is a layer directory contributing to a merged directory.
 type Source struct {
-	Dir   string
+	Dir   at
 	Layer int // index into Layers
 }
 
-// Path is the entry's object on disk.
-func (e LowerEntry) Path(name string) string { return filepath.Join(e.Dir, name) }
+// at is the entry's object on disk.
+func (e LowerEntry) at(name string) at { return e.Dir.join(name) }
 
-// NewStack returns the merged view of layers, given base first (the order
-// of overlayfs's lowerdir reversed, and of an image's layers).
+// NewStack returns the merged view of layer dirs, given base first (the
+// order of overlayfs's lowerdir reversed, and of an image's layers), by
+// their paths.
 func NewStack(layers ...string) *Stack {
+	roots := make([]at, len(layers))
+	for i, l := range layers {
+		roots[i] = atPath(l)
+	}
+	return newStack(roots)
+}
+
+// newStack is NewStack of layer dirs named by at (open descriptors).
+func newStack(layers []at) *Stack {
 	top := slices.Clone(layers)
 	slices.Reverse(top)
 	root := make([]Source, len(top))
@@ -82,8 +91,8 @@ func NewStack(layers ...string) *Stack {
 	return &Stack{top: top, dirs: map[string][]Source{"": root}, index: map[string]map[string]LowerEntry{}}
 }
 
-// Layers returns the layer dirs, topmost first.
-func (s *Stack) Layers() []string { return s.top }
+// layers returns the layer dirs, topmost first.
+func (s *Stack) layers() []at { return s.top }
 
 // Entries returns the merged entries of the directory rel (none when rel
 // is not a merged directory).
@@ -120,8 +129,8 @@ func (s *Stack) Entries(rel string) (map[string]LowerEntry, error) {
 			mode := dtToMode(e.typ)
 			if mode == 0 || mode == unix.S_IFCHR {
 				var st unix.Stat_t
-				if err := unix.Lstat(filepath.Join(dir, e.name), &st); err != nil {
-					return nil, &os.PathError{Op: "lstat", Path: filepath.Join(dir, e.name), Err: err}
+				if err := dir.join(e.name).lstat(&st); err != nil {
+					return nil, dir.join(e.name).err("lstat", err)
 				}
 				if IsWhiteoutDevice(&st) {
 					hidden[e.name] = true
@@ -160,14 +169,14 @@ func (s *Stack) Sources(rel string) ([]Source, error) {
 	var out []Source
 	for i, src := range parent {
 		dir := src.Dir
-		p := filepath.Join(dir, name)
+		p := dir.join(name)
 		var st unix.Stat_t
-		err := unix.Lstat(p, &st)
+		err := p.lstat(&st)
 		if errors.Is(err, unix.ENOENT) {
 			if i == len(parent)-1 {
 				break
 			}
-			if hidden, err := exists(filepath.Join(dir, WhiteoutPrefix+name)); err != nil || hidden {
+			if hidden, err := exists(dir.join(WhiteoutPrefix + name)); err != nil || hidden {
 				if err != nil {
 					return nil, err
 				}
@@ -176,7 +185,7 @@ func (s *Stack) Sources(rel string) ([]Source, error) {
 			continue
 		}
 		if err != nil {
-			return nil, &os.PathError{Op: "lstat", Path: p, Err: err}
+			return nil, p.err("lstat", err)
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			break // a whiteout or a non-directory ends the merge
@@ -196,47 +205,47 @@ func (s *Stack) Sources(rel string) ([]Source, error) {
 }
 
 // locate finds the on-disk object serving the merged path rel, with its
-// lstat result; "" when there is none.
-func (s *Stack) locate(rel string, st *unix.Stat_t) (string, error) {
+// lstat result; ok is false when there is none.
+func (s *Stack) locate(rel string, st *unix.Stat_t) (p at, ok bool, err error) {
 	if rel == "" {
 		if len(s.top) == 0 {
-			return "", nil
+			return at{}, false, nil
 		}
-		return s.top[0], unix.Lstat(s.top[0], st)
+		return s.top[0], true, s.top[0].lstat(st)
 	}
 	pdir, name := Split(rel)
 	parent, err := s.Sources(pdir)
 	if err != nil {
-		return "", err
+		return at{}, false, err
 	}
 	for i, src := range parent {
 		dir := src.Dir
-		p := filepath.Join(dir, name)
-		err := unix.Lstat(p, st)
+		p := dir.join(name)
+		err := p.lstat(st)
 		if errors.Is(err, unix.ENOENT) {
 			if i == len(parent)-1 {
-				return "", nil // a .wh. marker in the last layer hides nothing
+				return at{}, false, nil // a .wh. marker in the last layer hides nothing
 			}
-			if hidden, err := exists(filepath.Join(dir, WhiteoutPrefix+name)); err != nil || hidden {
-				return "", err
+			if hidden, err := exists(dir.join(WhiteoutPrefix + name)); err != nil || hidden {
+				return at{}, false, err
 			}
 			continue
 		}
 		if err != nil {
-			return "", &os.PathError{Op: "lstat", Path: p, Err: err}
+			return at{}, false, p.err("lstat", err)
 		}
 		if IsWhiteoutDevice(st) {
-			return "", nil
+			return at{}, false, nil
 		}
-		return p, nil
+		return p, true, nil
 	}
-	return "", nil
+	return at{}, false, nil
 }
 
 func (s *Stack) Lookup(rel string) (*Meta, error) {
 	var st unix.Stat_t
-	p, err := s.locate(rel, &st)
-	if p == "" || err != nil {
+	p, ok, err := s.locate(rel, &st)
+	if !ok || err != nil {
 		return nil, err
 	}
 	e, err := statWith(p, &st)
@@ -264,8 +273,8 @@ func (s *Stack) Names(rel string) ([]string, error) {
 
 func (s *Stack) SameContent(rel, p string) (bool, error) {
 	var st unix.Stat_t
-	lp, err := s.locate(rel, &st)
-	if lp == "" || err != nil {
+	lp, ok, err := s.locate(rel, &st)
+	if !ok || err != nil {
 		return false, err
 	}
 	return sameFileContent(lp, p)
@@ -273,7 +282,7 @@ func (s *Stack) SameContent(rel, p string) (bool, error) {
 
 // isOpaqueDir reports whether a layer directory hides the layers below.
 // One listxattr answers for all the marker names.
-func isOpaqueDir(dir string) (bool, error) {
+func isOpaqueDir(dir at) (bool, error) {
 	raw, err := readXattrs(dir)
 	if err != nil {
 		return false, err
@@ -281,27 +290,29 @@ func isOpaqueDir(dir string) (bool, error) {
 	if mk, _ := splitXattrs(raw); mk.opaque {
 		return true, nil
 	}
-	return exists(filepath.Join(dir, OpaqueMarker))
+	return exists(dir.join(OpaqueMarker))
 }
 
-func exists(p string) (bool, error) {
+func exists(p at) (bool, error) {
 	var st unix.Stat_t
-	err := unix.Lstat(p, &st)
+	err := p.lstat(&st)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 		return false, nil
 	}
 	if err != nil {
-		return false, &os.PathError{Op: "lstat", Path: p, Err: err}
+		return false, p.err("lstat", err)
 	}
 	return true, nil
 }
 
-// sameFileContent compares two files byte for byte.
-func sameFileContent(a, b string) (bool, error) {
-	fa, err := os.Open(a)
+// sameFileContent compares a lower file with the file at path b byte for
+// byte.
+func sameFileContent(a at, b string) (bool, error) {
+	fd, err := a.open(unix.O_RDONLY, 0)
 	if err != nil {
-		return false, err
+		return false, a.err("open", err)
 	}
+	fa := os.NewFile(uintptr(fd), a.String())
 	defer fa.Close()
 	fb, err := os.Open(b)
 	if err != nil {

@@ -61,13 +61,13 @@ func IsReservedName(name string) bool {
 	return strings.HasPrefix(name, WhiteoutPrefix)
 }
 
-// readXattrNames lists the xattr names of path (not following symlinks).
-func readXattrNames(path string) ([]string, error) {
+// readXattrNames lists the xattr names of a (not following symlinks).
+func readXattrNames(a at) ([]string, error) {
 	buf := make([]byte, 1024)
 	for {
-		n, err := unix.Llistxattr(path, buf)
+		n, err := a.listxattr(buf)
 		if err == unix.ERANGE {
-			sz, err := unix.Llistxattr(path, nil)
+			sz, err := a.listxattr(nil)
 			if err != nil {
 				return nil, err
 			}
@@ -90,13 +90,13 @@ func readXattrNames(path string) ([]string, error) {
 	}
 }
 
-// readXattrs reads every xattr of path (not following symlinks). The raw
+// readXattrs reads every xattr of a (not following symlinks). The raw
 // map includes internal names; callers split them. Values of bookkeeping
 // xattrs whose presence is all that matters are not read.
-func readXattrs(path string) (map[string]string, error) {
-	names, err := readXattrNames(path)
+func readXattrs(a at) (map[string]string, error) {
+	names, err := readXattrNames(a)
 	if err != nil {
-		return nil, fmt.Errorf("listxattr %s: %w", path, err)
+		return nil, fmt.Errorf("listxattr %s: %w", a, err)
 	}
 	if len(names) == 0 {
 		return nil, nil
@@ -107,24 +107,24 @@ func readXattrs(path string) (map[string]string, error) {
 			out[name] = "" // only its presence can matter (origin, impure, …)
 			continue
 		}
-		v, err := getXattr(path, name)
+		v, err := getXattr(a, name)
 		if err == unix.ENODATA {
 			continue // removed between list and get
 		}
 		if err != nil {
-			return nil, fmt.Errorf("getxattr %s %s: %w", path, name, err)
+			return nil, fmt.Errorf("getxattr %s %s: %w", a, name, err)
 		}
 		out[name] = v
 	}
 	return out, nil
 }
 
-func getXattr(path, name string) (string, error) {
+func getXattr(a at, name string) (string, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := unix.Lgetxattr(path, name, buf)
+		n, err := a.getxattr(name, buf)
 		if err == unix.ERANGE {
-			sz, err := unix.Lgetxattr(path, name, nil)
+			sz, err := a.getxattr(name, nil)
 			if err != nil {
 				return "", err
 			}

@@ -2,7 +2,6 @@ package overlay
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -19,7 +18,7 @@ type Owner struct{ UID, GID uint32 }
 // the namespace lock for writing and returns errno values as errors.
 
 func (u *Union) writable() error {
-	if u.upper == "" {
+	if !u.hasUpper {
 		return unix.EROFS
 	}
 	return nil
@@ -41,7 +40,7 @@ func newOwner(parent *Object, owner Owner, mode uint32) (Owner, uint32) {
 // upperWhiteoutAt reports whether the upper holds a whiteout at rel.
 func (u *Union) upperWhiteoutAt(rel string) bool {
 	var st unix.Stat_t
-	return unix.Lstat(u.upperPath(rel), &st) == nil && IsWhiteoutDevice(&st)
+	return u.upperAt(rel).lstat(&st) == nil && IsWhiteoutDevice(&st)
 }
 
 // prepareCreate checks that rel is free in the merged view, copies its
@@ -68,33 +67,33 @@ func (u *Union) prepareCreate(rel string, owner Owner, mode uint32) (Owner, uint
 // a non-directory simply replaces it; a directory cannot replace a
 // non-directory, so it is exchanged with the whiteout and made opaque (the
 // lowers' old contents must not show through), and the whiteout removed.
-func (u *Union) place(tmp, rel string, overWhiteout, isDir bool) error {
-	dst := u.upperPath(rel)
+func (u *Union) place(tmp at, rel string, overWhiteout, isDir bool) error {
+	dst := u.upperAt(rel)
 	if !overWhiteout {
-		return unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
+		return renameat2(tmp, dst, unix.RENAME_NOREPLACE)
 	}
 	if !isDir {
-		return unix.Rename(tmp, dst)
+		return renameat2(tmp, dst, 0)
 	}
 	if err := u.setOpaque(tmp); err != nil {
 		return err
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE); err != nil {
+	if err := renameat2(tmp, dst, unix.RENAME_EXCHANGE); err != nil {
 		return err
 	}
-	return unix.Unlink(tmp)
+	return tmp.unlink()
 }
 
-func (u *Union) setOpaque(p string) error {
+func (u *Union) setOpaque(p at) error {
 	name := "trusted.overlay.opaque"
 	if u.rootless {
 		name = "user.overlay.opaque"
 	}
-	return unix.Lsetxattr(p, name, []byte("y"), 0)
+	return p.setxattr(name, []byte("y"), 0)
 }
 
 // finish gives a new object its owner and mode.
-func (u *Union) finish(p string, owner Owner, mode uint32) error {
+func (u *Union) finish(p at, owner Owner, mode uint32) error {
 	if err := u.setOwner(p, owner.UID, owner.GID, mode, false); err != nil {
 		return err
 	}
@@ -106,23 +105,23 @@ func (u *Union) finish(p string, owner Owner, mode uint32) error {
 
 // chmod sets a mode; a rootless daemon keeps the owner bits it needs on
 // the real file and the requested mode in the override, if it has one.
-func (u *Union) chmod(p string, mode uint32) error {
+func (u *Union) chmod(p at, mode uint32) error {
 	if u.rootless {
 		if v, err := getXattr(p, XattrOverrideStat); err == nil {
 			if o, err := ParseOverride(v); err == nil {
 				o.Mode = mode & 07777
-				if err := unix.Lsetxattr(p, XattrOverrideStat, []byte(o.Format()), 0); err != nil {
+				if err := p.setxattr(XattrOverrideStat, []byte(o.Format()), 0); err != nil {
 					return err
 				}
 				real := mode&07777 | 0o600
 				if mode&unix.S_IFMT == unix.S_IFDIR {
 					real |= 0o700
 				}
-				return unix.Chmod(p, real&^(unix.S_ISUID|unix.S_ISGID))
+				return p.chmod(real &^ (unix.S_ISUID | unix.S_ISGID))
 			}
 		}
 	}
-	return unix.Chmod(p, mode&07777)
+	return p.chmod(mode & 07777)
 }
 
 // Create creates and opens a regular file.
@@ -133,17 +132,17 @@ func (u *Union) Create(rel string, flags int, mode uint32, owner Owner) (int, Ob
 	if err != nil {
 		return -1, Object{}, err
 	}
-	target := u.upperPath(rel)
+	target := u.upperAt(rel)
 	if overWh {
 		target = u.workTemp()
 	}
-	fd, err := unix.Open(target, flags&^unix.O_TRUNC|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	fd, err := target.open(flags&^unix.O_TRUNC|unix.O_CREAT|unix.O_EXCL, 0o600)
 	if err != nil {
 		return -1, Object{}, err
 	}
 	fail := func(err error) (int, Object, error) {
 		unix.Close(fd)
-		unix.Unlink(target)
+		target.unlink()
 		return -1, Object{}, err
 	}
 	if err := u.finish(target, owner, mode); err != nil {
@@ -164,32 +163,32 @@ func (u *Union) Create(rel string, flags int, mode uint32, owner Owner) (int, Ob
 // Mkdir creates a directory.
 func (u *Union) Mkdir(rel string, mode uint32, owner Owner) (Object, error) {
 	return u.create(rel, mode&07777|unix.S_IFDIR, owner,
-		func(p string) error { return unix.Mkdir(p, 0o700) }, unix.Rmdir)
+		func(p at) error { return p.mkdir(0o700) }, at.rmdir)
 }
 
 // Mknod creates a device, fifo or socket.
 func (u *Union) Mknod(rel string, mode uint32, dev uint64, owner Owner) (Object, error) {
 	return u.create(rel, mode, owner,
-		func(p string) error { return unix.Mknod(p, mode&unix.S_IFMT|0o600, int(dev)) }, unix.Unlink)
+		func(p at) error { return p.mknod(mode&unix.S_IFMT|0o600, int(dev)) }, at.unlink)
 }
 
 // Symlink creates a symbolic link.
 func (u *Union) Symlink(target, rel string, owner Owner) (Object, error) {
 	return u.create(rel, unix.S_IFLNK|0o777, owner,
-		func(p string) error { return unix.Symlink(target, p) }, unix.Unlink)
+		func(p at) error { return p.symlink(target) }, at.unlink)
 }
 
 // create makes a new object at rel with mk: in place, or, over a
 // whiteout, in the workdir first and then moved over it (see place). rm
 // undoes mk after a failure.
-func (u *Union) create(rel string, mode uint32, owner Owner, mk, rm func(string) error) (Object, error) {
+func (u *Union) create(rel string, mode uint32, owner Owner, mk, rm func(at) error) (Object, error) {
 	u.ns.Lock()
 	defer u.ns.Unlock()
 	owner, mode, overWh, err := u.prepareCreate(rel, owner, mode)
 	if err != nil {
 		return Object{}, err
 	}
-	p := u.upperPath(rel)
+	p := u.upperAt(rel)
 	if overWh {
 		p = u.workTemp()
 	}
@@ -235,14 +234,14 @@ func (u *Union) Link(oldRel, newRel string) (Object, error) {
 	}
 	if u.upperWhiteoutAt(newRel) {
 		tmp := u.workTemp()
-		if err := unix.Link(src.Path, tmp); err != nil {
+		if err := linkat(src.at, tmp); err != nil {
 			return Object{}, err
 		}
-		if err := unix.Rename(tmp, u.upperPath(newRel)); err != nil {
-			unix.Unlink(tmp)
+		if err := renameat2(tmp, u.upperAt(newRel), 0); err != nil {
+			tmp.unlink()
 			return Object{}, err
 		}
-	} else if err := unix.Link(src.Path, u.upperPath(newRel)); err != nil {
+	} else if err := linkat(src.at, u.upperAt(newRel)); err != nil {
 		return Object{}, err
 	}
 	return u.lookup(newRel)
@@ -251,16 +250,15 @@ func (u *Union) Link(oldRel, newRel string) (Object, error) {
 // whiteout makes the upper hide rel: a 0:0 device, or where the process
 // may not create one, a .wh. file.
 func (u *Union) whiteout(rel string) error {
-	p := u.upperPath(rel)
-	err := unix.Mknod(p, unix.S_IFCHR, 0)
+	err := u.upperAt(rel).mknod(unix.S_IFCHR, 0)
 	if err == unix.EPERM {
-		dir, name := filepath.Split(p)
-		f, ferr := os.OpenFile(filepath.Join(dir, WhiteoutPrefix+name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		pdir, name := Split(rel)
+		fd, ferr := u.upperAt(Join(pdir, WhiteoutPrefix+name)).open(unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o600)
 		if ferr != nil {
 			return ferr
 		}
 		u.aufsWhiteouts.Store(true)
-		return f.Close()
+		return unix.Close(fd)
 	}
 	return err
 }
@@ -269,17 +267,17 @@ func (u *Union) whiteout(rel string) error {
 // the lowers have something there: atomically, with RENAME_WHITEOUT, where
 // the filesystem allows.
 func (u *Union) removeUpper(rel string, o Object) error {
-	p := u.upperPath(rel)
-	rm := unix.Unlink
+	p := u.upperAt(rel)
+	rm := at.unlink
 	if o.IsDir() {
-		rm = unix.Rmdir
+		rm = at.rmdir
 	}
 	var err error
 	if !o.InLower {
 		err = rm(p)
 	} else {
 		tmp := u.workTemp()
-		if err = unix.Renameat2(unix.AT_FDCWD, p, unix.AT_FDCWD, tmp, unix.RENAME_WHITEOUT); err == nil {
+		if err = renameat2(p, tmp, unix.RENAME_WHITEOUT); err == nil {
 			err = rm(tmp)
 		} else if err = rm(p); err == nil {
 			err = u.whiteout(rel)
@@ -377,13 +375,13 @@ func (u *Union) checkEmpty(rel string) error {
 // clearMarkers empties the upper part of a merged-empty directory: only
 // whiteouts and markers can be left in it.
 func (u *Union) clearMarkers(rel string) error {
-	p := u.upperPath(rel)
+	p := u.upperAt(rel)
 	ents, err := readDirents(p)
 	if err != nil {
 		return err
 	}
 	for _, e := range ents {
-		if err := unix.Unlink(filepath.Join(p, e.name)); err != nil {
+		if err := p.join(e.name).unlink(); err != nil {
 			return err
 		}
 	}
@@ -476,7 +474,7 @@ func (u *Union) Rename(oldRel, newRel string, flags uint) error {
 		if dst, err = u.copyUp(newRel, false); err != nil {
 			return err
 		}
-		if err := unix.Renameat2(unix.AT_FDCWD, src.Path, unix.AT_FDCWD, dst.Path, unix.RENAME_EXCHANGE); err != nil {
+		if err := renameat2(src.at, dst.at, unix.RENAME_EXCHANGE); err != nil {
 			return err
 		}
 		// Each directory now stands where the lowers may have something.
@@ -492,7 +490,7 @@ func (u *Union) Rename(oldRel, newRel string, flags uint) error {
 		}
 		return nil
 	}
-	newPath := u.upperPath(newRel)
+	newPath := u.upperAt(newRel)
 	if dstExists && dst.IsDir() && dst.InUpper() {
 		if err := u.clearMarkers(newRel); err != nil {
 			return err
@@ -503,18 +501,18 @@ func (u *Union) Rename(oldRel, newRel string, flags uint) error {
 		// A directory cannot be renamed over the whiteout device: swap
 		// them, and the whiteout lands at the old name, where it is
 		// either needed or removed.
-		if err := unix.Renameat2(unix.AT_FDCWD, src.Path, unix.AT_FDCWD, newPath, unix.RENAME_EXCHANGE); err != nil {
+		if err := renameat2(src.at, newPath, unix.RENAME_EXCHANGE); err != nil {
 			return err
 		}
 		if !src.InLower {
-			if err := unix.Unlink(src.Path); err != nil {
+			if err := src.at.unlink(); err != nil {
 				return err
 			}
 		}
 	case src.InLower:
-		err := unix.Renameat2(unix.AT_FDCWD, src.Path, unix.AT_FDCWD, newPath, unix.RENAME_WHITEOUT)
+		err := renameat2(src.at, newPath, unix.RENAME_WHITEOUT)
 		if err == unix.EINVAL || err == unix.EPERM {
-			if err = unix.Rename(src.Path, newPath); err == nil {
+			if err = renameat2(src.at, newPath, 0); err == nil {
 				err = u.whiteout(oldRel)
 			}
 		}
@@ -522,7 +520,7 @@ func (u *Union) Rename(oldRel, newRel string, flags uint) error {
 			return err
 		}
 	default:
-		if err := unix.Rename(src.Path, newPath); err != nil {
+		if err := renameat2(src.at, newPath, 0); err != nil {
 			return err
 		}
 	}
@@ -548,7 +546,7 @@ func (u *Union) opaqueIfLowerHas(rel string) error {
 	if err != nil || !has {
 		return err
 	}
-	return u.setOpaque(u.upperPath(rel))
+	return u.setOpaque(u.upperAt(rel))
 }
 
 // Open opens rel. Opening for writing, or with O_TRUNC, copies it up
@@ -570,7 +568,7 @@ func (u *Union) Open(rel string, flags int) (int, Object, error) {
 	if err != nil {
 		return -1, o, err
 	}
-	fd, err := unix.Open(o.Path, flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY)|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	fd, err := o.at.open(flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY), 0)
 	if err != nil {
 		return -1, o, err
 	}
@@ -596,7 +594,7 @@ func (u *Union) Setattr(rel string, a Attr) (Object, error) {
 	if err != nil {
 		return o, err
 	}
-	p := o.Path
+	p := o.at
 	if a.UID != nil || a.GID != nil {
 		uid, gid := o.Stat.Uid, o.Stat.Gid
 		if a.UID != nil {
@@ -615,7 +613,7 @@ func (u *Union) Setattr(rel string, a Attr) (Object, error) {
 		}
 	}
 	if a.Size != nil {
-		if err := unix.Truncate(p, *a.Size); err != nil {
+		if err := p.truncate(*a.Size); err != nil {
 			return o, err
 		}
 	}
@@ -627,7 +625,7 @@ func (u *Union) Setattr(rel string, a Attr) (Object, error) {
 		if a.Mtime != nil {
 			ts[1] = *a.Mtime
 		}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := p.utimes(ts); err != nil {
 			return o, err
 		}
 	}
@@ -637,9 +635,9 @@ func (u *Union) Setattr(rel string, a Attr) (Object, error) {
 // chown changes an owner. As the kernel does for a chown, it clears the
 // setuid and setgid bits of a non-directory; rootless, it records the
 // owner in the override instead.
-func (u *Union) chown(p string, o *Object, uid, gid uint32) error {
+func (u *Union) chown(p at, o *Object, uid, gid uint32) error {
 	if !u.rootless {
-		return unix.Lchown(p, int(uid), int(gid))
+		return p.chown(int(uid), int(gid))
 	}
 	mode := o.Stat.Mode
 	if mode&unix.S_IFMT != unix.S_IFDIR && (uid != o.Stat.Uid || gid != o.Stat.Gid) {
@@ -669,7 +667,7 @@ func (u *Union) GetXattr(rel, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return getXattr(o.Path, name)
+	return getXattr(o.at, name)
 }
 
 // ListXattr lists the xattrs of the merged object, bookkeeping left out.
@@ -678,7 +676,7 @@ func (u *Union) ListXattr(rel string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := readXattrNames(o.Path)
+	raw, err := readXattrNames(o.at)
 	if err != nil {
 		return nil, err
 	}
@@ -706,7 +704,7 @@ func (u *Union) SetXattr(rel, name string, value []byte, flags int) error {
 	if err != nil {
 		return err
 	}
-	return unix.Lsetxattr(o.Path, name, value, flags)
+	return o.at.setxattr(name, value, flags)
 }
 
 // RemoveXattr removes an xattr; an absent one gives ENODATA without a
@@ -724,13 +722,13 @@ func (u *Union) RemoveXattr(rel, name string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := getXattr(o.Path, name); err != nil {
+	if _, err := getXattr(o.at, name); err != nil {
 		return err
 	}
 	if o, err = u.copyUp(rel, false); err != nil {
 		return err
 	}
-	return unix.Lremovexattr(o.Path, name)
+	return o.at.removexattr(name)
 }
 
 // Readlink reads a symlink's target.
@@ -739,19 +737,23 @@ func (u *Union) Readlink(rel string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return os.Readlink(o.Path)
+	return o.at.readlink()
 }
 
 // Statfs reports on the upper's filesystem, or the top lower's.
 func (u *Union) Statfs(st *syscall.Statfs_t) error {
 	p := u.upper
-	if p == "" {
-		if ls := u.lower.Layers(); len(ls) > 0 {
-			p = ls[0]
+	if !u.hasUpper {
+		ls := u.lower.layers()
+		if len(ls) == 0 {
+			return unix.ENOENT
 		}
+		p = ls[0]
 	}
-	if p == "" {
-		return unix.ENOENT
+	fd, err := p.open(unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
 	}
-	return syscall.Statfs(p, st)
+	defer unix.Close(fd)
+	return syscall.Fstatfs(fd, st)
 }

@@ -79,10 +79,10 @@ func TestRecordChownsToOwnIDs(t *testing.T) {
 		if _, err := u.Setattr("chowned", Attr{UID: &self.UID, GID: &self.GID}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := getXattr(filepath.Join(upper, "made"), XattrOverrideStat); err == nil {
+		if _, err := getXattr(atPath(filepath.Join(upper, "made")), XattrOverrideStat); err == nil {
 			t.Errorf("record=%v: a created, unchowned object has an override", record)
 		}
-		v, err := getXattr(filepath.Join(upper, "chowned"), XattrOverrideStat)
+		v, err := getXattr(atPath(filepath.Join(upper, "chowned")), XattrOverrideStat)
 		if record && v != "0:0:0644:file" {
 			t.Errorf("chown to the daemon's own ids: override %q (%v), want 0:0:0644:file", v, err)
 		}

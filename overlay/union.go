@@ -22,10 +22,15 @@ import (
 // Mutations hold the write side of the namespace lock and lookups the read
 // side; file data never takes it.
 type Union struct {
-	lower    *Stack
-	upper    string // "" when read-only
-	work     string
-	rootless bool
+	lower *Stack
+	// upper and work are the layer dirs written, open: every object is
+	// named relative to them (at), so no path the kernel resolves is
+	// longer than the object's path in the union. hasUpper is false for a
+	// read-only view.
+	upper, work at
+	hasUpper    bool
+	fds         []int // what Close closes
+	rootless    bool
 	// recordChowns: see UnionOptions.RecordChowns.
 	recordChowns bool
 	ns           sync.RWMutex
@@ -93,32 +98,54 @@ type UnionOptions struct {
 // Layer numbers in identities: the upper is 0, the lowers 1.. from the top.
 const UpperLayer = 0
 
-// NewUnion checks the layer dirs and returns their union.
-func NewUnion(o UnionOptions) (*Union, error) {
-	for _, l := range o.Lowers {
-		if err := checkDir(l); err != nil {
-			return nil, fmt.Errorf("lower %s: %w", l, err)
+// NewUnion checks the layer dirs, opens them, and returns their union.
+// Close closes them.
+func NewUnion(o UnionOptions) (u *Union, err error) {
+	u = &Union{rootless: o.Rootless, recordChowns: o.RecordChowns, onCopyUp: o.OnCopyUp, onGone: o.OnGone, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
+	defer func() {
+		if err != nil {
+			u.Close()
 		}
+	}()
+	open := func(what, p string) (at, error) {
+		if err := checkDir(p); err != nil {
+			return at{}, fmt.Errorf("%s %s: %w", what, p, err)
+		}
+		fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return at{}, fmt.Errorf("%s %s: %w", what, p, err)
+		}
+		u.fds = append(u.fds, fd)
+		return atRoot(fd, p), nil
 	}
-	u := &Union{lower: NewStack(o.Lowers...), upper: o.Upper, work: o.Work, rootless: o.Rootless, recordChowns: o.RecordChowns, onCopyUp: o.OnCopyUp, onGone: o.OnGone, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
+	var lowers []at
+	for _, l := range o.Lowers {
+		a, err := open("lower", l)
+		if err != nil {
+			return nil, err
+		}
+		lowers = append(lowers, a)
+	}
+	u.lower = newStack(lowers)
 	if o.Upper == "" {
 		return u, nil
 	}
-	if err := checkDir(o.Upper); err != nil {
-		return nil, fmt.Errorf("upper %s: %w", o.Upper, err)
+	if u.upper, err = open("upper", o.Upper); err != nil {
+		return nil, err
 	}
-	if err := checkDir(o.Work); err != nil {
-		return nil, fmt.Errorf("workdir %s: %w", o.Work, err)
+	if u.work, err = open("workdir", o.Work); err != nil {
+		return nil, err
 	}
-	if ents, err := os.ReadDir(o.Upper); err != nil || len(ents) > 0 || o.Rootless {
+	u.hasUpper = true
+	if ents, err := readDirents(u.upper); err != nil || len(ents) > 0 || o.Rootless {
 		u.upperOverrides.Store(true)
 		u.aufsWhiteouts.Store(true)
 	}
 	var su, sw unix.Stat_t
-	if err := unix.Stat(o.Upper, &su); err != nil {
+	if err := u.upper.lstat(&su); err != nil {
 		return nil, err
 	}
-	if err := unix.Stat(o.Work, &sw); err != nil {
+	if err := u.work.lstat(&sw); err != nil {
 		return nil, err
 	}
 	if su.Dev != sw.Dev {
@@ -129,6 +156,15 @@ func NewUnion(o UnionOptions) (*Union, error) {
 		return nil, fmt.Errorf("workdir %s is inside the upper %s: it would become part of the layer", o.Work, o.Upper)
 	}
 	return u, nil
+}
+
+// Close closes the layer dirs. The union must not be used after.
+func (u *Union) Close() error {
+	for _, fd := range u.fds {
+		unix.Close(fd)
+	}
+	u.fds = nil
+	return nil
 }
 
 func checkDir(p string) error {
@@ -144,8 +180,8 @@ func checkDir(p string) error {
 
 // Object is a merged object: the layer object that serves it.
 type Object struct {
-	Path  string // the serving object on disk
-	Layer int    // UpperLayer, or 1 + the index of a lower (topmost first)
+	at    at  // the serving object on disk
+	Layer int // UpperLayer, or 1 + the index of a lower (topmost first)
 	// Stat is the object's lstat, with a recorded ownership override
 	// applied (owner, mode, and type for devices stored as plain files).
 	Stat unix.Stat_t
@@ -170,7 +206,10 @@ func (o *Object) InUpper() bool { return o.Layer == UpperLayer }
 // IsDir reports whether the object is a directory.
 func (o *Object) IsDir() bool { return o.Stat.Mode&unix.S_IFMT == unix.S_IFDIR }
 
-func (u *Union) upperPath(rel string) string { return filepath.Join(u.upper, rel) }
+// Where is the serving object's path on disk, for messages.
+func (o *Object) Where() string { return o.at.String() }
+
+func (u *Union) upperAt(rel string) at { return u.upper.rel(rel) }
 
 // Lookup resolves rel, or returns ENOENT.
 func (u *Union) Lookup(rel string) (Object, error) {
@@ -201,26 +240,26 @@ func (u *Union) lookup(rel string) (Object, error) {
 func (u *Union) lookupObject(rel string) (Object, error) {
 	var o Object
 	if rel == "" {
-		if u.upper != "" {
-			o.Path, o.Layer = u.upper, UpperLayer
-		} else if ls := u.lower.Layers(); len(ls) > 0 {
-			o.Path, o.Layer = ls[0], 1
+		if u.hasUpper {
+			o.at, o.Layer = u.upper, UpperLayer
+		} else if ls := u.lower.layers(); len(ls) > 0 {
+			o.at, o.Layer = ls[0], 1
 		} else {
 			return o, unix.ENOENT
 		}
-		o.InLower = len(u.lower.Layers()) > 0
+		o.InLower = len(u.lower.layers()) > 0
 		return o, u.stat(&o)
 	}
 	pdir, name := Split(rel)
-	if u.upper != "" {
-		p := u.upperPath(rel)
-		err := unix.Lstat(p, &o.Stat)
+	if u.hasUpper {
+		p := u.upperAt(rel)
+		err := p.lstat(&o.Stat)
 		switch {
 		case err == nil:
 			if IsWhiteoutDevice(&o.Stat) {
 				return o, unix.ENOENT
 			}
-			o.Path, o.Layer = p, UpperLayer
+			o.at, o.Layer = p, UpperLayer
 			vis, err := u.lowerVisibleIn(pdir)
 			if err != nil {
 				return o, err
@@ -234,13 +273,13 @@ func (u *Union) lookupObject(rel string) (Object, error) {
 			return o, u.applyOverride(&o)
 		case err == unix.ENOENT:
 			if u.aufsWhiteouts.Load() {
-				if hidden, _ := exists(filepath.Join(u.upper, pdir, WhiteoutPrefix+name)); hidden {
+				if hidden, _ := exists(u.upperAt(Join(pdir, WhiteoutPrefix+name))); hidden {
 					return o, unix.ENOENT
 				}
 			}
 		case err == unix.ENOTDIR:
 		default:
-			return o, &os.PathError{Op: "lstat", Path: p, Err: err}
+			return o, p.err("lstat", err)
 		}
 	}
 	vis, err := u.lowerVisibleIn(pdir)
@@ -257,7 +296,7 @@ func (u *Union) lookupObject(rel string) (Object, error) {
 	if !ok {
 		return o, unix.ENOENT
 	}
-	o.Path, o.Layer, o.InLower = e.Path(name), e.Layer+1, true
+	o.at, o.Layer, o.InLower = e.at(name), e.Layer+1, true
 	return o, u.stat(&o)
 }
 
@@ -271,8 +310,8 @@ func (u *Union) lowerEntry(dir, name string) (LowerEntry, bool, error) {
 }
 
 func (u *Union) stat(o *Object) error {
-	if err := unix.Lstat(o.Path, &o.Stat); err != nil {
-		return &os.PathError{Op: "lstat", Path: o.Path, Err: err}
+	if err := o.at.lstat(&o.Stat); err != nil {
+		return o.at.err("lstat", err)
 	}
 	return u.applyOverride(o)
 }
@@ -295,12 +334,12 @@ func (u *Union) applyOverride(o *Object) error {
 			return nil
 		}
 	}
-	names, err := readXattrNames(o.Path)
+	names, err := readXattrNames(o.at)
 	if err != nil {
 		if err == unix.EPERM || err == unix.EOPNOTSUPP {
 			return nil
 		}
-		return &os.PathError{Op: "listxattr", Path: o.Path, Err: err}
+		return o.at.err("listxattr", err)
 	}
 	name := ""
 	for _, n := range names {
@@ -317,13 +356,13 @@ func (u *Union) applyOverride(o *Object) error {
 		return nil
 	}
 	o.Override = true
-	v, err := getXattr(o.Path, name)
+	v, err := getXattr(o.at, name)
 	if err != nil {
 		return nil // removed meanwhile
 	}
 	ov, err := ParseOverride(v)
 	if err != nil {
-		return fmt.Errorf("%s: %w", o.Path, err)
+		return fmt.Errorf("%s: %w", o.at, err)
 	}
 	st := &o.Stat
 	st.Uid, st.Gid = ov.UID, ov.GID
@@ -363,7 +402,7 @@ func typeMode(t Type) uint32 {
 // the merged directory dir: no upper object at dir or above it is a
 // whiteout, a non-directory or an opaque directory.
 func (u *Union) lowerVisibleIn(dir string) (bool, error) {
-	if u.upper == "" {
+	if !u.hasUpper {
 		return true, nil
 	}
 	u.hideMu.Lock()
@@ -382,9 +421,9 @@ func (u *Union) lowerVisibleIn(dir string) (bool, error) {
 		}
 		hidden = !vis
 		if !hidden {
-			p := u.upperPath(dir)
+			p := u.upperAt(dir)
 			var st unix.Stat_t
-			switch err := unix.Lstat(p, &st); {
+			switch err := p.lstat(&st); {
 			case err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR:
 				hidden = true
 			case err == nil:
@@ -392,7 +431,7 @@ func (u *Union) lowerVisibleIn(dir string) (bool, error) {
 					return false, err
 				}
 			case err != unix.ENOENT && err != unix.ENOTDIR:
-				return false, &os.PathError{Op: "lstat", Path: p, Err: err}
+				return false, p.err("lstat", err)
 			}
 		}
 	}
@@ -433,8 +472,9 @@ func (u *Union) ReadDir(rel string) ([]DirEntry, error) {
 func (u *Union) readDir(rel string) ([]DirEntry, error) {
 	var out []DirEntry
 	seen := map[string]bool{}
-	if u.upper != "" {
-		ents, err := readDirents(u.upperPath(rel))
+	if u.hasUpper {
+		dir := u.upperAt(rel)
+		ents, err := readDirents(dir)
 		if err != nil && !isNotExist(err) {
 			return nil, err
 		}
@@ -448,7 +488,7 @@ func (u *Union) readDir(rel string) ([]DirEntry, error) {
 			mode := dtToMode(e.typ)
 			if mode == 0 || mode == unix.S_IFCHR {
 				var st unix.Stat_t
-				if err := unix.Lstat(filepath.Join(u.upperPath(rel), e.name), &st); err != nil {
+				if err := dir.join(e.name).lstat(&st); err != nil {
 					continue // gone since getdents
 				}
 				if IsWhiteoutDevice(&st) {

@@ -49,10 +49,10 @@ func TestCopyUpKeepsMetadata(t *testing.T) {
 	if st.Uid != 7 || st.Gid != 8 || st.Mode&07777 != 0o4750 || st.Mtim.Sec != past.Unix() {
 		t.Errorf("copied file: %d:%d %o mtime %d", st.Uid, st.Gid, st.Mode&07777, st.Mtim.Sec)
 	}
-	if v, err := getXattr(filepath.Join(upper, "d/f"), "security.capability"); err != nil || len(v) != 20 {
+	if v, err := getXattr(atPath(filepath.Join(upper, "d/f")), "security.capability"); err != nil || len(v) != 20 {
 		t.Errorf("file capability lost on copy-up: %q %v", v, err)
 	}
-	if v, _ := getXattr(filepath.Join(upper, "d/f"), "user.k"); v != "v" {
+	if v, _ := getXattr(atPath(filepath.Join(upper, "d/f")), "user.k"); v != "v" {
 		t.Errorf("user xattr: %q", v)
 	}
 	dst := lstat(t, filepath.Join(upper, "d"))
@@ -88,7 +88,7 @@ func TestWhiteoutsAndOpaqueDirs(t *testing.T) {
 	if _, err := u.Mkdir("d", 0o755, Owner{}); err != nil {
 		t.Fatal(err)
 	}
-	if v, err := getXattr(filepath.Join(upper, "d"), "trusted.overlay.opaque"); err != nil || v != "y" {
+	if v, err := getXattr(atPath(filepath.Join(upper, "d")), "trusted.overlay.opaque"); err != nil || v != "y" {
 		t.Errorf("re-created dir is not opaque: %q %v", v, err)
 	}
 	ents, err := u.ReadDir("d")
@@ -124,7 +124,7 @@ func TestRenameDirectories(t *testing.T) {
 	if err := u.Rename("new.dpkg-new", "target", 0); err != nil {
 		t.Fatal(err)
 	}
-	if v, err := getXattr(filepath.Join(upper, "target"), "trusted.overlay.opaque"); err != nil || v != "y" {
+	if v, err := getXattr(atPath(filepath.Join(upper, "target")), "trusted.overlay.opaque"); err != nil || v != "y" {
 		t.Errorf("a dir renamed over a lower dir must be opaque: %q %v", v, err)
 	}
 	if err := u.Rename("lowerdir/x", "lowerdir/y", unix.RENAME_NOREPLACE); err != nil {
