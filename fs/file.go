@@ -47,7 +47,9 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 // openHandle wraps an fd opened on o and decides its open flags.
-func (n *node) openHandle(fd int, o *overlay.Object) (*file, uint32) {
+// killable: the open may write a setuid or setgid file and its caller may
+// lack CAP_FSETID (kill.go): writes must reach the daemon.
+func (n *node) openHandle(fd int, o *overlay.Object, killable bool) (*file, uint32) {
 	f := &file{LoopbackFile: gofs.NewLoopbackFile(fd).(*gofs.LoopbackFile), n: n, lower: !o.InUpper()}
 	// No FLUSH on close(2): locks are the kernel's own (no lock
 	// forwarding), and the fd is closed at RELEASE anyway.
@@ -57,13 +59,27 @@ func (n *node) openHandle(fd int, o *overlay.Object) (*file, uint32) {
 		n.backingLower = f.lower
 	}
 	n.opens++
-	if n.backingLower && !f.lower {
-		// Only reached when a retry did not move to a new inode: reads and
-		// writes at least come to the daemon, which uses the upper fd.
+	if n.backingLower && !f.lower || killable {
+		// Reads and writes come to the daemon (a passthrough open of the
+		// node may hold the backing file, so the handle stays a
+		// passthrough one, for mmap): past a lower backing file that a
+		// retry did not leave, to the upper fd; past the kernel, so that
+		// a write clears setuid bits.
 		flags |= fuse.FOPEN_DIRECT_IO
 	}
 	n.mu.Unlock()
 	return f, flags
+}
+
+// killable reports whether an open with flags by the caller of ctx may
+// write o and have to clear its setuid or setgid bits: a writable open, by
+// someone other than root, of a file that has them (as root).
+func (n *node) killable(ctx context.Context, flags uint32, o *overlay.Object) bool {
+	if n.fsys.rootless || flags&unix.O_ACCMODE == unix.O_RDONLY || o.Stat.Mode&(unix.S_ISUID|unix.S_ISGID) == 0 {
+		return false
+	}
+	c, ok := ctx.(*fuse.Context)
+	return !ok || c.Uid != 0
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
@@ -74,9 +90,29 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 }
 
 // Getattr through a handle describes the merged object, not the layer
-// file (owners may be overridden, merged dirs have nlink 1).
+// file (owners may be overridden, merged dirs have nlink 1). A file whose
+// names are all gone from the union is described by its layer file, as on
+// the kernel's overlayfs: an upper file has no link left, a lower file the
+// union deleted keeps its layer's.
 func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
-	return f.n.Getattr(ctx, nil, out)
+	if _, ok := f.n.rel(); ok {
+		return f.n.Getattr(ctx, nil, out)
+	}
+	st, err := overlay.StatFd(f.fd())
+	if err != nil {
+		return errno(err)
+	}
+	o := overlay.Object{Stat: st}
+	f.n.fsys.fill(&o, &out.Attr)
+	out.Ino = f.n.StableAttr().Ino
+	out.SetTimeout(0)
+	return 0
+}
+
+// fd is the layer file's descriptor.
+func (f *file) fd() int {
+	fd, _ := f.PassthroughFd()
+	return fd
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -107,6 +143,6 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, syscall.ESTALE
 		}
 	}
-	f, fuseFlags := n.openHandle(fd, &o)
+	f, fuseFlags := n.openHandle(fd, &o, n.killable(ctx, flags, &o))
 	return f, fuseFlags, 0
 }

@@ -166,7 +166,8 @@ func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 		// fusermount3 hands the connection back without close-on-exec.
 		closeOnExec()
 	} else {
-		srv, err = mountDirect(mountpoint, root, gopts, opts.Upper == "")
+		raw := &killFS{RawFileSystem: gofs.NewNodeFS(root, gopts), asked: &fsys.killRequests}
+		srv, err = mountDirect(mountpoint, raw, root, gopts, opts.Upper == "")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -206,7 +207,7 @@ func (s *Server) Unmount() error {
 // the kernel waits for without end: a daemon killed between its open and
 // close cannot exit, waiting on itself. The poll here goes to a file of
 // this daemon's that is opened without flush (pollName).
-func mountDirect(mountpoint string, root *node, opts *gofs.Options, readOnly bool) (*fuse.Server, error) {
+func mountDirect(mountpoint string, raw fuse.RawFileSystem, root *node, opts *gofs.Options, readOnly bool) (*fuse.Server, error) {
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/fuse: %w", err)
@@ -220,7 +221,7 @@ func mountDirect(mountpoint string, root *node, opts *gofs.Options, readOnly boo
 		unix.Close(fd)
 		return nil, err
 	}
-	srv, err := fuse.NewServer(gofs.NewNodeFS(root, opts), "/dev/fd/"+strconv.Itoa(fd), &opts.MountOptions)
+	srv, err := fuse.NewServer(raw, "/dev/fd/"+strconv.Itoa(fd), &opts.MountOptions)
 	if err != nil {
 		unix.Unmount(mountpoint, unix.MNT_DETACH)
 		unix.Close(fd)

@@ -36,6 +36,9 @@ type filesystem struct {
 
 	// pollName names the root's poll file while a mount sets up (pollHack).
 	pollName atomic.Pointer[string]
+	// killRequests are the requests in flight that carry the kernel's
+	// request to clear setuid and setgid bits (kill.go).
+	killRequests sync.Map
 }
 
 // node is a FUSE inode. It holds no path: paths come from go-fuse's tree
@@ -232,14 +235,10 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	}
 	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && a.Mode == nil {
 		// The kernel asks the server to drop setuid/setgid with this
-		// change (a write or truncate by someone without CAP_FSETID).
+		// change (a truncate by someone without CAP_FSETID).
 		o, err := n.fsys.u.Lookup(rel)
 		if err == nil && o.Stat.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
-			m := o.Stat.Mode &^ unix.S_ISUID
-			if m&0o010 != 0 {
-				m &^= unix.S_ISGID
-			}
-			m &= 07777
+			m := killedMode(o.Stat.Mode, o.Stat.Gid, ctx) & 07777
 			a.Mode = &m
 		}
 	}
@@ -276,7 +275,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno(err)
 	}
 	ch := n.newChild(ctx, rel, &o, out)
-	f, fuseFlags := ch.Operations().(*node).openHandle(fd, &o)
+	cn := ch.Operations().(*node)
+	f, fuseFlags := cn.openHandle(fd, &o, cn.killable(ctx, flags, &o))
 	return ch, f, fuseFlags, 0
 }
 

@@ -71,17 +71,62 @@ func (a at) err(op string, err error) error {
 	return &os.PathError{Op: op, Path: a.String(), Err: err}
 }
 
+// pathMax is Linux's PATH_MAX: no path argument of a system call may be
+// as long (with its NUL byte, it would not fit).
+const pathMax = 4096
+
+// deep runs op on a, whose path is too long for one system call (an
+// object below a directory that lies PATH_MAX-1 bytes deep, reached by a
+// walk that went there step by step): through descriptors of directories
+// along the way, each a step shorter than PATH_MAX. A single name longer
+// than that still fails, with ENAMETOOLONG.
+func (a at) deep(op func(at) error) error {
+	dir, rest := a.dir, a.path
+	var opened []int
+	defer func() {
+		for _, fd := range opened {
+			unix.Close(fd)
+		}
+	}()
+	for len(rest) >= pathMax {
+		cut := strings.LastIndexByte(rest[:pathMax-1], '/')
+		if cut <= 0 {
+			return unix.ENAMETOOLONG
+		}
+		fd, err := unix.Openat(dir, rest[:cut], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		opened = append(opened, fd)
+		dir, rest = fd, rest[cut+1:]
+	}
+	return op(at{dir: dir, path: rest, root: a.String()})
+}
+
+func (a at) long() bool { return len(a.path) >= pathMax }
+
 func (a at) lstat(st *unix.Stat_t) error {
+	if a.long() {
+		return a.deep(func(b at) error { return b.lstat(st) })
+	}
 	return unix.Fstatat(a.dir, a.path, st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // open opens a without following a symlink at its end.
-func (a at) open(flags int, mode uint32) (int, error) {
+func (a at) open(flags int, mode uint32) (fd int, err error) {
+	if a.long() {
+		err = a.deep(func(b at) (err error) { fd, err = b.open(flags, mode); return err })
+		return fd, err
+	}
 	return unix.Openat(a.dir, a.path, flags|unix.O_CLOEXEC|unix.O_NOFOLLOW, mode)
 }
 
 // readlink reads a symlink's target, whatever its length.
-func (a at) readlink() (string, error) {
+func (a at) readlink() (target string, err error) {
+	if a.long() {
+		err = a.deep(func(b at) (err error) { target, err = b.readlink(); return err })
+		return target, err
+	}
 	for n := 256; ; n *= 2 {
 		buf := make([]byte, n)
 		k, err := unix.Readlinkat(a.dir, a.path, buf)
@@ -94,26 +139,47 @@ func (a at) readlink() (string, error) {
 	}
 }
 
-func (a at) mkdir(mode uint32) error { return unix.Mkdirat(a.dir, a.path, mode) }
+// do runs op on a's directory descriptor and path, through deep when the
+// path is too long for one call.
+func (a at) do(op func(dir int, path string) error) error {
+	if a.long() {
+		return a.deep(func(b at) error { return op(b.dir, b.path) })
+	}
+	return op(a.dir, a.path)
+}
 
-func (a at) mknod(mode uint32, dev int) error { return unix.Mknodat(a.dir, a.path, mode, dev) }
+func (a at) mkdir(mode uint32) error {
+	return a.do(func(d int, p string) error { return unix.Mkdirat(d, p, mode) })
+}
 
-func (a at) symlink(target string) error { return unix.Symlinkat(target, a.dir, a.path) }
+func (a at) mknod(mode uint32, dev int) error {
+	return a.do(func(d int, p string) error { return unix.Mknodat(d, p, mode, dev) })
+}
 
-func (a at) unlink() error { return unix.Unlinkat(a.dir, a.path, 0) }
+func (a at) symlink(target string) error {
+	return a.do(func(d int, p string) error { return unix.Symlinkat(target, d, p) })
+}
 
-func (a at) rmdir() error { return unix.Unlinkat(a.dir, a.path, unix.AT_REMOVEDIR) }
+func (a at) unlink() error {
+	return a.do(func(d int, p string) error { return unix.Unlinkat(d, p, 0) })
+}
+
+func (a at) rmdir() error {
+	return a.do(func(d int, p string) error { return unix.Unlinkat(d, p, unix.AT_REMOVEDIR) })
+}
 
 func (a at) chown(uid, gid int) error {
-	return unix.Fchownat(a.dir, a.path, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	return a.do(func(d int, p string) error { return unix.Fchownat(d, p, uid, gid, unix.AT_SYMLINK_NOFOLLOW) })
 }
 
 // chmod sets the mode of a, which is not a symlink (Linux has no mode of
 // its own for one).
-func (a at) chmod(mode uint32) error { return unix.Fchmodat(a.dir, a.path, mode, 0) }
+func (a at) chmod(mode uint32) error {
+	return a.do(func(d int, p string) error { return unix.Fchmodat(d, p, mode, 0) })
+}
 
 func (a at) utimes(ts []unix.Timespec) error {
-	return unix.UtimesNanoAt(a.dir, a.path, ts, unix.AT_SYMLINK_NOFOLLOW)
+	return a.do(func(d int, p string) error { return unix.UtimesNanoAt(d, p, ts, unix.AT_SYMLINK_NOFOLLOW) })
 }
 
 // truncate sets the size of the regular file a.
@@ -127,10 +193,16 @@ func (a at) truncate(size int64) error {
 }
 
 func renameat2(from, to at, flags uint) error {
-	return unix.Renameat2(from.dir, from.path, to.dir, to.path, flags)
+	return from.do(func(fd int, fp string) error {
+		return to.do(func(td int, tp string) error { return unix.Renameat2(fd, fp, td, tp, flags) })
+	})
 }
 
-func linkat(from, to at) error { return unix.Linkat(from.dir, from.path, to.dir, to.path, 0) }
+func linkat(from, to at) error {
+	return from.do(func(fd int, fp string) error {
+		return to.do(func(td int, tp string) error { return unix.Linkat(fd, fp, td, tp, 0) })
+	})
+}
 
 // xattrs: the *xattrat system calls (Linux 6.13) name the object relative
 // to a directory descriptor. Before them, the object is reached through
@@ -168,7 +240,11 @@ func (a at) atFlags() uintptr {
 	return unix.AT_SYMLINK_NOFOLLOW
 }
 
-func (a at) listxattr(dest []byte) (int, error) {
+func (a at) listxattr(dest []byte) (n int, err error) {
+	if a.long() {
+		err = a.deep(func(b at) (err error) { n, err = b.listxattr(dest); return err })
+		return n, err
+	}
 	if a.dir != unix.AT_FDCWD {
 		p, err := unix.BytePtrFromString(a.path)
 		if err != nil {
@@ -186,12 +262,15 @@ func (a at) listxattr(dest []byte) (int, error) {
 			return int(r), nil
 		}
 	}
-	var n int
-	err := a.viaProc(func(p string) (err error) { n, err = unix.Llistxattr(p, dest); return err })
+	err = a.viaProc(func(p string) (err error) { n, err = unix.Llistxattr(p, dest); return err })
 	return n, err
 }
 
-func (a at) getxattr(name string, dest []byte) (int, error) {
+func (a at) getxattr(name string, dest []byte) (n int, err error) {
+	if a.long() {
+		err = a.deep(func(b at) (err error) { n, err = b.getxattr(name, dest); return err })
+		return n, err
+	}
 	if a.dir != unix.AT_FDCWD {
 		p, err := unix.BytePtrFromString(a.path)
 		if err != nil {
@@ -218,12 +297,14 @@ func (a at) getxattr(name string, dest []byte) (int, error) {
 			return int(r), nil
 		}
 	}
-	var n int
-	err := a.viaProc(func(p string) (err error) { n, err = unix.Lgetxattr(p, name, dest); return err })
+	err = a.viaProc(func(p string) (err error) { n, err = unix.Lgetxattr(p, name, dest); return err })
 	return n, err
 }
 
 func (a at) setxattr(name string, value []byte, flags int) error {
+	if a.long() {
+		return a.deep(func(b at) error { return b.setxattr(name, value, flags) })
+	}
 	if a.dir != unix.AT_FDCWD {
 		p, err := unix.BytePtrFromString(a.path)
 		if err != nil {
@@ -252,6 +333,9 @@ func (a at) setxattr(name string, value []byte, flags int) error {
 }
 
 func (a at) removexattr(name string) error {
+	if a.long() {
+		return a.deep(func(b at) error { return b.removexattr(name) })
+	}
 	if a.dir != unix.AT_FDCWD {
 		p, err := unix.BytePtrFromString(a.path)
 		if err != nil {

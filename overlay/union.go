@@ -364,7 +364,12 @@ func (u *Union) applyOverride(o *Object) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.at, err)
 	}
-	st := &o.Stat
+	ov.applyStat(&o.Stat)
+	return nil
+}
+
+// applyStat lays the override over a stat result.
+func (ov Override) applyStat(st *unix.Stat_t) {
 	st.Uid, st.Gid = ov.UID, ov.GID
 	st.Mode = st.Mode&unix.S_IFMT | ov.Mode
 	if ov.Type != 0 && st.Mode&unix.S_IFMT == unix.S_IFREG {
@@ -375,7 +380,30 @@ func (u *Union) applyOverride(o *Object) error {
 			st.Size, st.Blocks = 0, 0
 		}
 	}
-	return nil
+}
+
+// StatFd stats an open layer file as the union shows objects: with a
+// recorded ownership override applied. It serves a file whose names are
+// all gone from the union, which only its descriptors still reach.
+func StatFd(fd int) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return st, err
+	}
+	for _, name := range []string{XattrOverrideStat, xattrOverrideStatOld} {
+		buf := make([]byte, 256)
+		n, err := unix.Fgetxattr(fd, name, buf)
+		if err != nil {
+			continue
+		}
+		ov, err := ParseOverride(string(buf[:n]))
+		if err != nil {
+			return st, err
+		}
+		ov.applyStat(&st)
+		break
+	}
+	return st, nil
 }
 
 func typeMode(t Type) uint32 {
