@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -228,7 +229,23 @@ func buildFsops(t *testing.T) string {
 // results so far.
 func runFsops(t *testing.T, bin, root, fix string, ops []fsop) ([]fsResult, tree.Tree) {
 	t.Helper()
-	all := append(append([]fsop(nil), ops...), fsop{Op: "snapshot"})
+	res := runOps(t, bin, root, fix, nil, append(append([]fsop(nil), ops...), fsop{Op: "snapshot"}))
+	last := res[len(res)-1]
+	if last.Err != "" {
+		t.Fatalf("snapshot of %s: %s", root, last.Diag)
+	}
+	for _, e := range last.Tree {
+		if e.Mtime >= freshAfter {
+			e.Mtime = freshMtime
+		}
+	}
+	return res[:len(res)-1], last.Tree
+}
+
+// runOps runs ops below root in a separate fsops process (as cred's
+// user, when set) and returns one result per op.
+func runOps(t *testing.T, bin, root, fix string, cred *syscall.Credential, all []fsop) []fsResult {
+	t.Helper()
 	in, err := json.Marshal(all)
 	if err != nil {
 		t.Fatal(err)
@@ -237,6 +254,9 @@ func runFsops(t *testing.T, bin, root, fix string, ops []fsop) ([]fsResult, tree
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-root", root, "-fix", fix, "-fresh", fmt.Sprint(freshAfter))
 	cmd.Stdin = bytes.NewReader(in)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	runErr := cmd.Run()
@@ -257,16 +277,7 @@ func runFsops(t *testing.T, bin, root, fix string, ops []fsop) ([]fsResult, tree
 		t.Fatalf("fsops in %s: %v after %d of %d ops (the next is %s)\nstderr: %s\ndone:\n%s",
 			root, runErr, len(res), len(all), opAt(all, len(res)), stderr.String(), strings.Join(done, "\n"))
 	}
-	last := res[len(res)-1]
-	if last.Err != "" {
-		t.Fatalf("snapshot of %s: %s", root, last.Diag)
-	}
-	for _, e := range last.Tree {
-		if e.Mtime >= freshAfter {
-			e.Mtime = freshMtime
-		}
-	}
-	return res[:len(res)-1], last.Tree
+	return res
 }
 
 func opAt(ops []fsop, i int) string {

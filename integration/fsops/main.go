@@ -128,6 +128,33 @@ func step(err error) string {
 
 func (r *runner) abs(p string) string { return filepath.Join(r.root, p) }
 
+// short is a path to p for the calls that have no *at form (truncate, the
+// xattr calls, statfs): the root's path and p, or, where that is too long
+// for one call (an object PATH_MAX-1 bytes deep in the root), p's name in
+// its parent's descriptor in /proc/self/fd. done closes that descriptor.
+func (r *runner) short(p string) (path string, done func(), err error) {
+	abs := r.abs(p)
+	if len(abs) < unix.PathMax {
+		return abs, func() {}, nil
+	}
+	dir, name := filepath.Split(p)
+	fd, err := unix.Openat(r.rootfd, r.rel(strings.TrimSuffix(dir, "/")), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", nil, err
+	}
+	return "/proc/self/fd/" + strconv.Itoa(fd) + "/" + name, func() { unix.Close(fd) }, nil
+}
+
+// withShort runs f with short(p).
+func (r *runner) withShort(p string, f func(string) error) error {
+	path, done, err := r.short(p)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return f(path)
+}
+
 func (r *runner) rel(p string) string {
 	if p == "" {
 		return "."
@@ -302,7 +329,7 @@ func (r *runner) do(op Op, out map[string]any, res *Result) error {
 		}
 		return unix.Close(fd)
 	case "truncate":
-		return unix.Truncate(r.abs(op.Path), op.Size)
+		return r.withShort(op.Path, func(p string) error { return unix.Truncate(p, op.Size) })
 	case "ftruncate":
 		fd, err := r.open(op.Path, unix.O_WRONLY, 0)
 		if err != nil {
@@ -434,31 +461,76 @@ func (r *runner) do(op Op, out map[string]any, res *Result) error {
 		if op.Has("replace") {
 			flags = unix.XATTR_REPLACE
 		}
-		if op.Has("follow") {
-			return unix.Setxattr(r.abs(op.Path), op.Name, v, flags)
-		}
-		return unix.Lsetxattr(r.abs(op.Path), op.Name, v, flags)
+		return r.withShort(op.Path, func(p string) error {
+			if op.Has("follow") {
+				return unix.Setxattr(p, op.Name, v, flags)
+			}
+			return unix.Lsetxattr(p, op.Name, v, flags)
+		})
 	case "getxattr":
-		v, err := getxattr(r.abs(op.Path), op.Name)
-		if err != nil {
-			return err
-		}
-		out["value"] = xattrValue(v)
-		return nil
+		return r.withShort(op.Path, func(p string) error {
+			v, err := getxattr(p, op.Name)
+			if err != nil {
+				return err
+			}
+			out["value"] = xattrValue(v)
+			return nil
+		})
 	case "listxattr":
-		names, err := listxattr(r.abs(op.Path))
+		return r.withShort(op.Path, func(p string) error {
+			names, err := listxattr(p)
+			if err != nil {
+				return err
+			}
+			out["names"] = names
+			return nil
+		})
+	case "removexattr":
+		return r.withShort(op.Path, func(p string) error { return unix.Lremovexattr(p, op.Name) })
+	case "fallocate":
+		fd, err := r.open(op.Path, unix.O_WRONLY, 0)
 		if err != nil {
 			return err
 		}
-		out["names"] = names
+		defer unix.Close(fd)
+		return unix.Fallocate(fd, 0, op.Off, op.Size)
+	case "copy_range":
+		// copy_file_range from Path2 into Path (both in the root).
+		in, err := r.open(op.Path2, unix.O_RDONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(in)
+		fd, err := r.open(op.Path, unix.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		off := op.Off
+		_, err = unix.CopyFileRange(in, nil, fd, &off, int(op.Size), 0)
+		return err
+	case "fstat_unlinked":
+		// open, unlink the name, fstat the descriptor: what a file whose
+		// names are gone looks like.
+		fd, err := r.open(op.Path, openFlags(op, unix.O_RDONLY), 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Unlinkat(r.rootfd, op.Path, 0); err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return err
+		}
+		out["stat"] = r.statOut(&st)
 		return nil
-	case "removexattr":
-		return unix.Lremovexattr(r.abs(op.Path), op.Name)
 	case "statfs":
 		// Sizes and counts are the backing fs's; the mount flags are the
 		// union's own (a rootfs for package installs needs suid and dev).
 		var st unix.Statfs_t
-		if err := unix.Statfs(r.abs(op.Path), &st); err != nil {
+		if err := r.withShort(op.Path, func(p string) error { return unix.Statfs(p, &st) }); err != nil {
 			return err
 		}
 		flags := []string{}
