@@ -121,13 +121,6 @@ WALK=$WORK/bin/mountwalk
 LOOPDEV=
 SCR=$FSM/run            # what the runs write; removed at the start and the end
 
-umount_under() {  # DIR: unmount everything mounted below DIR, deepest first
-  local p
-  while read -r p; do
-    if [[ -x $LFS ]]; then "$LFS" umount "$p" 2>/dev/null && continue; fi
-    umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true
-  done < <(awk -v w="$1/" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
-}
 # shellcheck disable=SC2317  # called by the trap
 cleanup() {
   if mountpoint -q "$FSM" 2>/dev/null; then
@@ -171,14 +164,7 @@ json_get() { python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); pri
 
 mkdir -p "$WORK/bin"
 (cd "$REPO" && go build -o "$WALK" bench/mountwalk.go) || die "build bench/mountwalk.go failed"
-LFS_REV=-
-if [[ -n $LFS_BIN ]]; then
-  cp "$LFS_BIN" "$LFS"
-else
-  build_layerfs "$LFS"
-  LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)
-  if [[ -n $(cd "$REPO" && git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' 2>/dev/null) ]]; then LFS_REV+=+dirty; fi
-fi
+get_layerfs "$LFS" "$LFS_BIN"
 "$LFS" build --help >/dev/null 2>&1 || die "layerfs has no 'build' verb"
 "$LFS" mount --help >/dev/null 2>&1 || die "layerfs has no 'mount' verb"
 

@@ -111,12 +111,6 @@ mkdir -p "$WORK/bin" "$RUN" "$SCR"
 LOOPDEV=
 BUILDAH_RUNROOT=/run/layerfs-distro-bench-buildah
 PODMAN_RUNROOT=/run/lfs-distro-podman  # podman wants it under 50 bytes
-umount_under() {  # DIR: unmount everything mounted below DIR, deepest first
-  local p
-  while read -r p; do
-    umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true
-  done < <(awk -v w="$1/" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
-}
 # shellcheck disable=SC2317  # called by the trap
 cleanup() {
   umount_under "$SCR"
@@ -127,14 +121,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-LFS_REV=-
-if [[ -n $LFS_BIN ]]; then
-  cp "$LFS_BIN" "$LFS"
-else
-  build_layerfs "$LFS"
-  LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)
-  if [[ -n $(cd "$REPO" && git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' ':!README.md' 2>/dev/null) ]]; then LFS_REV+=+dirty; fi
-fi
+get_layerfs "$LFS" "$LFS_BIN"
 
 # ---------------------------------------------------------------- the fixture
 

@@ -119,13 +119,6 @@ SCR=$WORK/scratch
 RUN=$WORK/run     # start/stop's files, the builds' JSON and stderr
 mkdir -p "$WORK/bin" "$RUN"
 
-umount_under() {  # DIR: unmount everything mounted below DIR (not DIR), deepest first
-  local p
-  while read -r p; do
-    if [[ -x $LFS ]]; then "$LFS" umount "$p" 2>/dev/null && continue; fi
-    umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true
-  done < <(awk -v w="$1/" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
-}
 # shellcheck disable=SC2317  # called by the trap
 cleanup() {
   umount_under "$SCR"
@@ -137,14 +130,7 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- layerfs
 
-LFS_REV=-
-if [[ -n $LFS_BIN ]]; then
-  cp "$LFS_BIN" "$LFS"
-else
-  build_layerfs "$LFS"
-  LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)
-  if [[ -n $(cd "$REPO" && git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' ':!README.md' 2>/dev/null) ]]; then LFS_REV+=+dirty; fi
-fi
+get_layerfs "$LFS" "$LFS_BIN"
 [[ $("$LFS" build --help 2>&1) == *--jobs* ]] || die "layerfs build has no --jobs"
 
 # ---------------------------------------------------------------- the scratch fs

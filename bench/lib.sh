@@ -60,6 +60,20 @@ build_layerfs() {
   (cd "$REPO" && go build -o "$1" ./cmd/layerfs) || die "go build ./cmd/layerfs failed${2:+ ($2)}"
 }
 
+# get_layerfs OUT BIN [HINT]: BIN copied to OUT, or without BIN this checkout
+# built there; sets LFS_REV to the commit ("+dirty" with uncommitted changes
+# outside bench/, integration/ and the docs), "-" for a given binary
+get_layerfs() {
+  LFS_REV=-
+  if [[ -n $2 ]]; then
+    cp "$2" "$1"
+    return
+  fi
+  build_layerfs "$1" "${3:-}"
+  LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)
+  if [[ -n $(cd "$REPO" && git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' ':!README.md' 2>/dev/null) ]]; then LFS_REV+=+dirty; fi
+}
+
 # ---------------------------------------------------------------- numbers
 
 # median NUMBERS...: to 3 decimals; empty words are skipped, "-" when none is left
@@ -119,6 +133,16 @@ machine() {
 }
 
 # ---------------------------------------------------------------- the scratch fs
+
+# umount_under DIR: unmount everything mounted below DIR (not DIR), deepest
+# first; layerfs mounts with $LFS (when the script set it and it is built)
+umount_under() {
+  local p
+  while read -r p; do
+    if [[ -n ${LFS:-} && -x $LFS ]]; then "$LFS" umount "$p" 2>/dev/null && continue; fi
+    umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true
+  done < <(awk -v w="$1/" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
+}
 
 # scratch_loop IMG GB DIR: a fresh ext4 (nodiscard) on a loop device (direct I/O)
 # over IMG, a zero-filled image of GB GiB made once, mounted nodiscard at DIR

@@ -243,12 +243,7 @@ mkdir -p "$WORK/bin"
 (cd "$REPO" && go build -o "$WALK" bench/mountwalk.go) || die "build bench/mountwalk.go failed"
 LFS_REV=-
 if has_cfg layerfs || ((DO_RSS)); then
-  if [[ -n $LFS_BIN ]]; then
-    cp "$LFS_BIN" "$LFS"
-  else
-    build_layerfs "$LFS" "or --configs without layerfs"
-    LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && [[ -n $(git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' 2>/dev/null) ]] && echo +dirty || true)
-  fi
+  get_layerfs "$LFS" "$LFS_BIN" "or --configs without layerfs"
   if ! "$LFS" mount --help >/dev/null 2>&1; then
     warn "layerfs at $LFS_REV has no working 'mount' verb yet: its rows are skipped"
     drop_cfg layerfs

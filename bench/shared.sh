@@ -181,14 +181,7 @@ declare -A R
 
 # ---------------------------------------------------------------- layerfs
 
-LFS_REV=-
-if [[ -n $LFS_BIN ]]; then
-  cp "$LFS_BIN" "$LFS"
-else
-  build_layerfs "$LFS"
-  LFS_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo uncommitted)
-  if [[ -n $(cd "$REPO" && git status --porcelain -- . ':!bench' ':!integration' ':!BENCHMARKS.md' ':!README.md' 2>/dev/null) ]]; then LFS_REV+=+dirty; fi
-fi
+get_layerfs "$LFS" "$LFS_BIN"
 [[ $("$LFS" build --help 2>&1) == *--cache-from* ]] || die "this layerfs has no build --cache-from (the shared tier)"
 
 # ---------------------------------------------------------------- the scratch fs

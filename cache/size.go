@@ -50,3 +50,17 @@ func ParseSize(s string) (int64, error) {
 	}
 	return int64(v), nil
 }
+
+// FormatSize renders a size in the units ParseSize reads, one decimal:
+// "1.5G", "500.0M", "12B".
+func FormatSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return strconv.FormatFloat(float64(n)/(1<<30), 'f', 1, 64) + "G"
+	case n >= 1<<20:
+		return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + "M"
+	case n >= 1<<10:
+		return strconv.FormatFloat(float64(n)/(1<<10), 'f', 1, 64) + "K"
+	}
+	return strconv.FormatInt(n, 10) + "B"
+}

@@ -17,7 +17,7 @@ const fullBelow = 4 << 20
 
 // NoSpace says, for an error message, that the cache's filesystem has no
 // room left ("the filesystem of the cache, /var/cache (/dev/vdb), is
-// full: 1.2 MB free"), or returns "" when it has room: when err is
+// full: 1.2M free"), or returns "" when it has room: when err is
 // ENOSPC, or the filesystem's free space (or free inodes) has run out, a
 // failure is likely that.
 func (c *Cache) NoSpace(err error) string {
@@ -33,7 +33,7 @@ func (c *Cache) NoSpace(err error) string {
 	if !errors.Is(err, unix.ENOSPC) && bytes >= fullBelow && (st.Files == 0 || st.Ffree > 0) {
 		return ""
 	}
-	what := fmt.Sprintf("%s free", humanBytes(bytes))
+	what := FormatSize(int64(bytes)) + " free"
 	if st.Files > 0 && st.Ffree == 0 {
 		what = "no inode free"
 	}
@@ -80,16 +80,4 @@ func describeFS(path string) string {
 		return path
 	}
 	return best + " (" + source + ")"
-}
-
-func humanBytes(n uint64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d bytes", n)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -139,7 +140,7 @@ func TestKernelReadOnly(t *testing.T) {
 				t.Errorf("after unmount: %+v, %v: want the record of a mount that is gone", m, ok)
 			}
 			cleared, err := ClearStale()
-			if err != nil || !contains(cleared, mnt) {
+			if err != nil || !slices.Contains(cleared, mnt) {
 				t.Errorf("ClearStale = %q, %v: want %s", cleared, err, mnt)
 			}
 			if _, ok, _ := Find(mnt); ok {
@@ -250,13 +251,4 @@ func xattrNames(t *testing.T, p string) []string {
 		}
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -28,6 +28,9 @@ import (
 // open of a setuid or setgid file by a caller other than root gets no
 // passthrough I/O (file.go).
 //
+// Rootless, nothing is cleared: the mounting user stands for every owner,
+// root too, as a fake root (pseudo, fakeroot) would have it.
+//
 // go-fuse's node API does not pass the WRITE flags on; killFS, wrapped
 // around the raw filesystem, keeps them by the request's cancel channel,
 // which the node API's context carries, for the request's life.

@@ -233,9 +233,11 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if in.Valid&(fuse.FATTR_MTIME|fuse.FATTR_MTIME_NOW) != 0 {
 		a.Mtime = timespec(in.Valid&fuse.FATTR_MTIME_NOW != 0, in.Mtime, in.Mtimensec)
 	}
-	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && a.Mode == nil {
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && a.Mode == nil && !n.fsys.rootless {
 		// The kernel asks the server to drop setuid/setgid with this
-		// change (a truncate by someone without CAP_FSETID).
+		// change (a truncate by someone without CAP_FSETID). Rootless,
+		// the mounting user stands for every owner, root too, as under
+		// a fake root: nothing is dropped (kill.go).
 		o, err := n.fsys.u.Lookup(rel)
 		if err == nil && o.Stat.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
 			m := killedMode(o.Stat.Mode, o.Stat.Gid, ctx) & 07777

@@ -105,9 +105,10 @@ func (f *buildFixture) version(pkg, v string) {
 	}
 }
 
-func (f *buildFixture) pkg(name, version string, files map[string]string, more func(root string)) {
-	t := f.t
-	root := t.TempDir()
+// writeFiles writes files (path below root → content) with their parents;
+// a script ("#!") is executable.
+func writeFiles(t *testing.T, root string, files map[string]string) {
+	t.Helper()
 	for p, content := range files {
 		full := filepath.Join(root, p)
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
@@ -121,6 +122,12 @@ func (f *buildFixture) pkg(name, version string, files map[string]string, more f
 			t.Fatal(err)
 		}
 	}
+}
+
+func (f *buildFixture) pkg(name, version string, files map[string]string, more func(root string)) {
+	t := f.t
+	root := t.TempDir()
+	writeFiles(t, root, files)
 	if more != nil {
 		more(root)
 	}

@@ -66,24 +66,11 @@ func driverFixture(t *testing.T) string {
 	}
 	dir := t.TempDir()
 	pkg := filepath.Join(dir, "pkg")
-	files := map[string]string{
+	writeFiles(t, pkg, map[string]string{
 		"DEBIAN/control":           "Package: hello-layerfs\nVersion: 1.0\nArchitecture: all\nMaintainer: layerfs tests <tests@layerfs.invalid>\nDescription: a package with maintainer scripts\n",
 		"DEBIAN/postinst":          "#!/bin/sh\nset -e\nmkdir -p \"$DPKG_ROOT/var/lib/hello\"\necho configured > \"$DPKG_ROOT/var/lib/hello/state\"\n",
 		"usr/share/hello/greeting": "hi\n",
-	}
-	for p, content := range files {
-		full := filepath.Join(pkg, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		mode := os.FileMode(0o644)
-		if strings.HasPrefix(content, "#!") {
-			mode = 0o755
-		}
-		if err := os.WriteFile(full, []byte(content), mode); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	cmd := exec.Command("dpkg-deb", "--root-owner-group", "--build", pkg, filepath.Join(dir, "hello.deb"))
 	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -301,31 +288,18 @@ layers:
 		t.Fatal(err)
 	}
 	cacheDir := filepath.Join(dir, "cache")
-	cmd := exec.Command(layerfsBin, "build", "spec.yaml", "--cache", cacheDir, "--driver", "kernel")
-	cmd.Dir = dir
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
 	// b installs once its MISS is logged (a's install is over by then)
 	// and a child of the build runs in a mount namespace of its own; a is
 	// stored in the background meanwhile: wait for its entry.
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(out.String(), "MISS: Layer 'b'") || !sandboxRunning(cmd.Process.Pid) || len(cacheEntriesIn(cacheDir)) != 1 {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("the install of layer b never started:\n%s", out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	cmd := startBuildUntil(t, dir, "kernel", cacheDir, func(out string, pid int) bool {
+		return strings.Contains(out, "MISS: Layer 'b'") && sandboxRunning(pid) && len(cacheEntriesIn(cacheDir)) == 1
+	})
 	if n := layerfsOverlays(t); n == 0 {
 		t.Fatal("no process has a layerfs overlayfs mount while b installs: the test shows nothing")
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for layerfsOverlays(t) > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("a layerfs overlayfs mount is left 30 s after kill -9")
@@ -345,6 +319,29 @@ layers:
 	if out, err := exec.Command(layerfsBin, "cache", "verify", "--cache", cacheDir).CombinedOutput(); err != nil {
 		t.Errorf("cache verify: %v\n%s", err, out)
 	}
+}
+
+// startBuildUntil starts `layerfs build spec.yaml` in dir with the cache
+// and driver, and returns once ready says so of its output and pid; a
+// build that never gets there is killed and fails the test.
+func startBuildUntil(t *testing.T, dir, driver, cacheDir string, ready func(out string, pid int) bool) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(layerfsBin, "build", "spec.yaml", "--cache", cacheDir, "--driver", driver)
+	cmd.Dir = dir
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); !ready(out.String(), cmd.Process.Pid); {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("the build never got where the test waits:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return cmd
 }
 
 // cacheEntriesIn lists a cache's entries, if it has any yet.
@@ -637,22 +634,9 @@ layers:
 			if err := os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(spec), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			cmd := exec.Command(layerfsBin, "build", "spec.yaml", "--cache", cacheDir, "--driver", driver)
-			cmd.Dir = dir
-			out := &lockedBuffer{}
-			cmd.Stdout, cmd.Stderr = out, out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			deadline := time.Now().Add(2 * time.Minute)
-			for len(cacheEntriesIn(cacheDir)) < 2 || !strings.Contains(out.String(), "MISS: Layer 'c'") {
-				if time.Now().After(deadline) {
-					cmd.Process.Kill()
-					cmd.Wait()
-					t.Fatalf("a and b were not stored:\n%s", out.String())
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			cmd := startBuildUntil(t, dir, driver, cacheDir, func(out string, _ int) bool {
+				return len(cacheEntriesIn(cacheDir)) >= 2 && strings.Contains(out, "MISS: Layer 'c'")
+			})
 			time.Sleep(7 * time.Second)
 			cmd.Process.Signal(syscall.SIGKILL)
 			cmd.Wait()

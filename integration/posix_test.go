@@ -113,6 +113,15 @@ var deepDirs = func() string {
 	return strings.TrimSuffix(strings.Repeat(c+"/", 15), "/")
 }()
 
+// deepMkdirs make deepDirs, one level an op.
+func deepMkdirs() []fsop {
+	var ops []fsop
+	for i := range strings.Count(deepDirs, "/") + 1 {
+		ops = append(ops, op.mkdir(deepDirs[:256*(i+1)-1], 0o755))
+	}
+	return ops
+}
+
 // deepName is the path below deepDirs whose whole length is total bytes.
 func deepName(total int, last string) string {
 	return deepDirs + "/" + strings.Repeat(last, total-len(deepDirs)-1)
@@ -231,17 +240,7 @@ func TestPosixPathMax(t *testing.T) {
 		}
 		t.Run(who, func(t *testing.T) {
 			t.Run("upper", func(t *testing.T) {
-				var mk []fsop
-				p := ""
-				for _, c := range strings.Split(deepDirs, "/") {
-					if p == "" {
-						p = c
-					} else {
-						p += "/" + c
-					}
-					mk = append(mk, op.mkdir(p, 0o755))
-				}
-				ops := append(mk, deepOps(unix.PathMax-1, who)...)
+				ops := append(deepMkdirs(), deepOps(unix.PathMax-1, who)...)
 				ops = append(ops, deepOps(unix.PathMax, who)...)
 				posixCompare(t, nil, []posixPhase{{cred, append(ops, names...)}})
 			})
@@ -261,17 +260,7 @@ func TestPosixPathMax(t *testing.T) {
 		u := newFakeRootUser(t)
 		cred := &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: []uint32{}}
 		impls := []union{rootlessUnion(u, cred)}
-		var mk []fsop
-		p := ""
-		for _, c := range strings.Split(deepDirs, "/") {
-			if p == "" {
-				p = c
-			} else {
-				p += "/" + c
-			}
-			mk = append(mk, op.mkdir(p, 0o755))
-		}
-		ops := append(mk, deepOps(unix.PathMax-1, "user")...)
+		ops := append(deepMkdirs(), deepOps(unix.PathMax-1, "user")...)
 		ops = append(ops, deepOps(unix.PathMax, "user")...)
 		t.Run("upper", func(t *testing.T) {
 			posixCompareOn(t, impls, cred, nil, []posixPhase{{cred, append(ops, names...)}})

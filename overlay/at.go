@@ -266,17 +266,21 @@ func (a at) listxattr(dest []byte) (n int, err error) {
 	return n, err
 }
 
+// cstrings are a's path and an xattr name for a system call.
+func (a at) cstrings(name string) (path, nm *byte, err error) {
+	if path, err = unix.BytePtrFromString(a.path); err == nil {
+		nm, err = unix.BytePtrFromString(name)
+	}
+	return path, nm, err
+}
+
 func (a at) getxattr(name string, dest []byte) (n int, err error) {
 	if a.long() {
 		err = a.deep(func(b at) (err error) { n, err = b.getxattr(name, dest); return err })
 		return n, err
 	}
 	if a.dir != unix.AT_FDCWD {
-		p, err := unix.BytePtrFromString(a.path)
-		if err != nil {
-			return 0, err
-		}
-		nm, err := unix.BytePtrFromString(name)
+		p, nm, err := a.cstrings(name)
 		if err != nil {
 			return 0, err
 		}
@@ -306,11 +310,7 @@ func (a at) setxattr(name string, value []byte, flags int) error {
 		return a.deep(func(b at) error { return b.setxattr(name, value, flags) })
 	}
 	if a.dir != unix.AT_FDCWD {
-		p, err := unix.BytePtrFromString(a.path)
-		if err != nil {
-			return err
-		}
-		nm, err := unix.BytePtrFromString(name)
+		p, nm, err := a.cstrings(name)
 		if err != nil {
 			return err
 		}
@@ -337,11 +337,7 @@ func (a at) removexattr(name string) error {
 		return a.deep(func(b at) error { return b.removexattr(name) })
 	}
 	if a.dir != unix.AT_FDCWD {
-		p, err := unix.BytePtrFromString(a.path)
-		if err != nil {
-			return err
-		}
-		nm, err := unix.BytePtrFromString(name)
+		p, nm, err := a.cstrings(name)
 		if err != nil {
 			return err
 		}

@@ -35,51 +35,45 @@ fi
 
 status=0
 logdir=$(mktemp -d)
-for m in $modules; do
-	echo "== go vet ($m)"
-	(cd "$m" && go vet ./...)
-	echo "== go test ($m)"
-	log=$logdir/$(echo "$m" | tr / _).log
+
+# run_tests NAME DIR [ENV=V...] -- GO-TEST-ARGS...: go test in DIR with the
+# environment given, its log in $logdir; a failure, or no test run, sets status.
+run_tests() {
+	local name=$1 dir=$2 log rc passed failed
+	shift 2
+	local env=()
+	while [ "$1" != "--" ]; do env+=("$1"); shift; done
+	shift
+	echo "== go test ($name)"
+	log=$logdir/$(echo "$name" | tr -c 'A-Za-z0-9\n' _).log
 	set +e
-	(cd "$m" && go test -count=1 -timeout 30m -v ./... >"$log" 2>&1)
+	(cd "$dir" && env "${env[@]}" go test -count=1 -timeout 30m -v "$@" >"$log" 2>&1)
 	rc=$?
 	set -e
 	grep -E '^(--- FAIL|FAIL|ok|panic:|\s+--- FAIL)' "$log" || true
 	passed=$(grep -c -E '^\s*--- PASS' "$log" || true)
 	failed=$(grep -c -E '^\s*--- FAIL' "$log" || true)
-	echo "   $m: $passed passed, $failed failed (log: $log)"
+	echo "   $name: $passed passed, $failed failed (log: $log)"
 	if [ "$rc" != 0 ]; then
-		echo "== failures in $m:"
+		echo "== failures in $name:"
 		grep -E -B2 -A25 '^\s*--- FAIL' "$log" | head -300 || tail -50 "$log"
 		status=1
 	fi
 	if [ "$passed" = 0 ]; then
-		echo "== $m ran no tests: that is a failure"
+		echo "== $name ran no tests: that is a failure"
 		status=1
 	fi
+}
+
+for m in $modules; do
+	echo "== go vet ($m)"
+	(cd "$m" && go vet ./...)
+	run_tests "$m" "$m" -- ./...
 done
 # The build tests once more with every install on FUSE: as root, the run above
 # built on the kernel's overlayfs (--driver auto). Rootless and fake-root builds
 # ran on FUSE there already.
-builds='^(TestBuild|TestCacheCLI|TestFromEnv|TestNested|TestRegistryCommitAndBuild|TestSharedCache|TestYocto)'
-echo "== go test (./integration, the build tests with LAYERFS_DRIVER=fuse)"
-log=$logdir/integration-fuse.log
-set +e
-(cd "$top/integration" && LAYERFS_DRIVER=fuse go test -count=1 -timeout 30m -v -run "$builds" . >"$log" 2>&1)
-rc=$?
-set -e
-grep -E '^(--- FAIL|FAIL|ok|panic:|\s+--- FAIL)' "$log" || true
-passed=$(grep -c -E '^\s*--- PASS' "$log" || true)
-failed=$(grep -c -E '^\s*--- FAIL' "$log" || true)
-echo "   ./integration (builds on FUSE): $passed passed, $failed failed (log: $log)"
-if [ "$rc" != 0 ]; then
-	echo "== failures in ./integration (builds on FUSE):"
-	grep -E -B2 -A25 '^\s*--- FAIL' "$log" | head -300 || tail -50 "$log"
-	status=1
-fi
-if [ "$passed" = 0 ]; then
-	echo "== the build tests on FUSE ran no tests: that is a failure"
-	status=1
-fi
+run_tests "./integration, the build tests with LAYERFS_DRIVER=fuse" "$top/integration" LAYERFS_DRIVER=fuse -- \
+	-run '^(TestBuild|TestCacheCLI|TestFromEnv|TestNested|TestRegistryCommitAndBuild|TestSharedCache|TestYocto)' .
 cd "$top"
 exit $status

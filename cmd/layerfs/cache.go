@@ -84,7 +84,7 @@ func (c *cacheLsCmd) Run(e *env, parent *cacheCmd) error {
 			what = en.Info.DiffID.String()
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cache.ShortKey(en.Info.Key), en.Info.Name, en.Info.Type,
-			humanSize(en.DiskSize), en.LastUsed.Local().Format(time.DateTime), what)
+			cache.FormatSize(en.DiskSize), en.LastUsed.Local().Format(time.DateTime), what)
 	}
 	return tw.Flush()
 }
@@ -121,7 +121,7 @@ func (c *cachePruneCmd) Run(e *env, parent *cacheCmd) error {
 		verb = "would remove"
 	}
 	for _, en := range removed {
-		fmt.Fprintf(e.stdout, "%s %s (%s)\n", verb, en.Name(), humanSize(en.DiskSize))
+		fmt.Fprintf(e.stdout, "%s %s (%s)\n", verb, en.Name(), cache.FormatSize(en.DiskSize))
 	}
 	return err
 }
@@ -227,16 +227,4 @@ func (c *cacheExplainCmd) Run(e *env, parent *cacheCmd) error {
 		fmt.Fprintln(e.stdout, x.Line())
 	}
 	return nil
-}
-
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1fG", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1fM", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1fK", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%dB", n)
 }

@@ -136,7 +136,7 @@ func (c *cacheLsCmd) remote(e *env, parent *cacheCmd) error {
 			fmt.Fprintf(tw, "%s\t(not an entry: %v)\t\t\n", cache.ShortKey(l.Tag), l.Err)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cache.ShortKey(l.Tag), l.Name, humanSize(l.Size), l.Pushed.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cache.ShortKey(l.Tag), l.Name, cache.FormatSize(l.Size), l.Pushed.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
 }
