@@ -221,6 +221,10 @@ lfs_build() {  # DRIVER REV [CACHE]
   write_spec "$W/spec-$2.yaml" "$2"
   (cd "$W" && SOURCE_DATE_EPOCH=$EPOCH "$LFS" build "spec-$2.yaml" --cache "${3:-$W/cache}" --driver "$1" --json -q \
     >"$RUN/last.json" 2>"$RUN/last.err") || { tail "$RUN/last.err" >&2; die "layerfs build --driver $1 failed"; }
+  # each layer's install and commit (+ store) seconds, as the build reports them
+  python3 -c 'import json, sys
+for l in json.load(open(sys.argv[1]))["layers"]:
+    if not l["hit"]: print(l["name"], l["install_seconds"], l["commit_seconds"])' "$RUN/last.json" >>"$RUN/layers"
 }
 B() { buildah --root "$W/bstore" --runroot "$BUILDAH_RUNROOT" --storage-driver overlay "$@"; }
 buildah_layer() {  # FROM LAYER IMAGE [REV]
@@ -252,7 +256,9 @@ bare_layers() {  # OPTS: the three installs into overlayfs mounts, each layer's 
   for i in 0 1 2; do
     mkdir -p "$W/u$i" "$W/w$i" "$W/m$i"
     mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$W/u$i,workdir=$W/w$i,redirect_dir=off,metacopy=off,index=off,xino=off$opts" "$W/m$i"
+    local t0=$EPOCHREALTIME
     "$INSTALL" "$W/m$i" "${LAYERS[$i]}" || die "install of ${LAYERS[$i]} (bare) failed"
+    echo "${LAYERS[$i]} $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}')" >>"$RUN/layers"
     umount "$W/m$i"
     lowers=$W/u$i:$lowers
   done
@@ -295,11 +301,12 @@ check_runs() {  # TOOL
 
 # ---------------------------------------------------------------- the runs
 
-declare -A R CPU
+declare -A R CPU L
 measure() {  # KEY FUNC...
   local key=$1 t
   shift
   ((QUIET)) && wait_quiet "$QUIET"
+  : >"$RUN/layers"
   start
   "$@"
   stop >"$RUN/stop"   # not in $(...): times must run in this shell
@@ -307,6 +314,12 @@ measure() {  # KEY FUNC...
   R[$key]+="${t%% *} "
   CPU[$key]+="${t##* } "
   log "$key: ${t%% *} s (CPU ${t##* } s)"
+  # per layer: its install's seconds, and what layerfs spent committing it
+  local name inst com
+  while read -r name inst com; do
+    L["$key $name install"]+="$inst "
+    if [[ -n $com ]]; then L["$key $name commit"]+="$com "; fi
+  done <"$RUN/layers"
 }
 buildah_oci() { B push -q l3 "oci:$W/buildah-oci:l3" >/dev/null || die "buildah push failed"; }
 
@@ -342,6 +355,16 @@ has_tool buildah && row "buildah: + push to an OCI layout" "$(med "oci buildah")
 echo
 echo "every run (s):"
 for k in "${!R[@]}"; do echo "  $k: ${R[$k]}"; done | sort
+echo
+echo "per layer, cold builds (median seconds: the install; layerfs also its commit and store, in the background):"
+row "tool" "base install" "python3 install" "web install" "commits (base, python3, web)"
+row "---" "---:" "---:" "---:" "---"
+for t in "${TOOL_LIST[@]}"; do
+  case $t in kernel|fuse|bare|bare-vol) ;; *) continue ;; esac
+  # shellcheck disable=SC2086  # space-separated numbers, split on purpose
+  row "$t" "$(median ${L["cold $t base install"]:-})" "$(median ${L["cold $t python3 install"]:-})" "$(median ${L["cold $t web install"]:-})" \
+    "$(median ${L["cold $t base commit"]:-}) $(median ${L["cold $t python3 commit"]:-}) $(median ${L["cold $t web commit"]:-})"
+done
 echo
 DIV_PLACES=2
 ratio() { if has_tool "$1" && has_tool "$2"; then echo "$(div "$(med "$3 $1")" "$(med "$3 $2")")"; else echo "-"; fi; }

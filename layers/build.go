@@ -938,7 +938,8 @@ func (b *builder) install(ctx context.Context, sess *fs.Session, l Layer) error 
 	}
 	// A FUSE mount is at mnt already and stays writable in the sandbox; a
 	// kernel mount is attached there in the sandbox's own namespace, and
-	// goes away with it.
+	// goes away with it. This process then serves nothing during the
+	// install: what it does meanwhile (storing the layer below) yields.
 	tree, err := sess.Tree()
 	if err != nil {
 		return fmt.Errorf("layer '%s': %w", l.Name, err)
@@ -946,6 +947,7 @@ func (b *builder) install(ctx context.Context, sess *fs.Session, l Layer) error 
 	if tree != nil {
 		defer tree.Close()
 		cmd.Mounts = []sandbox.Mount{{Path: mnt, Tree: tree}}
+		cmd.YieldCPU = true
 	} else {
 		cmd.Writable = []string{mnt}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,6 +90,11 @@ func initMain() int {
 	// Forwarded to the script; pid 1 would otherwise ignore them.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT)
+	// The script runs at normal priority, whatever the caller yielded
+	// (Command.YieldCPU): a child takes the nice value of the thread that
+	// forks it, which is this one.
+	runtime.LockOSThread()
+	unix.Setpriority(unix.PRIO_PROCESS, 0, 0)
 	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", cfg.Script}, &syscall.ProcAttr{
 		Dir:   cfg.Dir,
 		Env:   cfg.Env,

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/layerfs/layerfs/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -294,5 +295,38 @@ grep -q " $MNT " /proc/self/mountinfo && echo attached
 	}
 	if _, err := Run(t.Context(), Command{Script: "true", Mounts: []Mount{{Path: mnt, Tree: tree}}}); err == nil {
 		t.Error("an unisolated run took a tree to attach")
+	}
+}
+
+// TestYieldCPU: while a yielding command runs, every thread of the caller
+// has the lowest priority and the command the normal one; afterwards the
+// caller is back to normal.
+func TestYieldCPU(t *testing.T) {
+	testutil.RequireRoot(t)
+	nices := func() map[string]bool {
+		out := map[string]bool{}
+		ents, _ := os.ReadDir("/proc/self/task")
+		for _, e := range ents {
+			if b, err := os.ReadFile("/proc/self/task/" + e.Name() + "/stat"); err == nil {
+				f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+				out[f[16]] = true // field 19 of stat: nice
+			}
+		}
+		return out
+	}
+	during := make(chan map[string]bool, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		during <- nices()
+	}()
+	res := mustRun(t, Command{Script: "sleep 1; cut -d' ' -f19 /proc/self/stat", Isolate: true, YieldCPU: true, Dir: "/"})
+	if got := <-during; len(got) != 1 || !got["19"] {
+		t.Errorf("the caller's threads had nice values %v while the command ran, want 19 only", got)
+	}
+	if !slices.Equal(res.Tail, []string{"0"}) {
+		t.Errorf("the command ran with nice %q, want 0", res.Tail)
+	}
+	if got := nices(); len(got) != 1 || !got["0"] {
+		t.Errorf("the caller's threads have nice values %v after the command, want 0 only", got)
 	}
 }

@@ -102,6 +102,12 @@ type Command struct {
 	// else; they go away with the namespace, whatever happens to the
 	// caller. The caller keeps its descriptors.
 	Mounts []Mount
+	// YieldCPU (isolated runs only: it takes root to get the priority
+	// back) runs this process at the lowest priority while the command
+	// runs, and the command at normal priority: what the caller does
+	// meanwhile in the background (committing the layer below) takes only
+	// the CPU the command leaves.
+	YieldCPU bool
 	// Output, if set, also receives stdout and stderr as they come. A
 	// failing Output stops receiving; the command is not disturbed.
 	Output io.Writer
@@ -213,6 +219,9 @@ func Run(ctx context.Context, c Command) (Result, error) {
 	start := time.Now()
 	var st outcome
 	if c.Isolate {
+		if c.YieldCPU {
+			defer yieldCPU()()
+		}
 		st, err = runIsolated(runCtx, c, out)
 	} else {
 		st, err = runDirect(runCtx, c, out)
