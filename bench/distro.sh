@@ -221,10 +221,6 @@ lfs_build() {  # DRIVER REV [CACHE]
   write_spec "$W/spec-$2.yaml" "$2"
   (cd "$W" && SOURCE_DATE_EPOCH=$EPOCH "$LFS" build "spec-$2.yaml" --cache "${3:-$W/cache}" --driver "$1" --json -q \
     >"$RUN/last.json" 2>"$RUN/last.err") || { tail "$RUN/last.err" >&2; die "layerfs build --driver $1 failed"; }
-  # each layer's install and commit (+ store) seconds, as the build reports them
-  python3 -c 'import json, sys
-for l in json.load(open(sys.argv[1]))["layers"]:
-    if not l["hit"]: print(l["name"], l["install_seconds"], l["commit_seconds"])' "$RUN/last.json" >>"$RUN/layers"
 }
 B() { buildah --root "$W/bstore" --runroot "$BUILDAH_RUNROOT" --storage-driver overlay "$@"; }
 buildah_layer() {  # FROM LAYER IMAGE [REV]
@@ -258,7 +254,7 @@ bare_layers() {  # OPTS: the three installs into overlayfs mounts, each layer's 
     mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$W/u$i,workdir=$W/w$i,redirect_dir=off,metacopy=off,index=off,xino=off$opts" "$W/m$i"
     local t0=$EPOCHREALTIME
     "$INSTALL" "$W/m$i" "${LAYERS[$i]}" || die "install of ${LAYERS[$i]} (bare) failed"
-    echo "${LAYERS[$i]} $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}')" >>"$RUN/layers"
+    echo "${LAYERS[$i]} $t0 $EPOCHREALTIME" >>"$RUN/stamps"   # made seconds after stop: nothing forks here
     umount "$W/m$i"
     lowers=$W/u$i:$lowers
   done
@@ -306,7 +302,7 @@ measure() {  # KEY FUNC...
   local key=$1 t
   shift
   ((QUIET)) && wait_quiet "$QUIET"
-  : >"$RUN/layers"
+  rm -f "$RUN/last.json" "$RUN/stamps"
   start
   "$@"
   stop >"$RUN/stop"   # not in $(...): times must run in this shell
@@ -315,11 +311,22 @@ measure() {  # KEY FUNC...
   CPU[$key]+="${t##* } "
   log "$key: ${t%% *} s (CPU ${t##* } s)"
   # per layer: its install's seconds, and what layerfs spent committing it
+  # (from the build's --json report, or from the bare installs' stamps), read
+  # after stop so that no parsing is timed
   local name inst com
   while read -r name inst com; do
     L["$key $name install"]+="$inst "
     if [[ -n $com ]]; then L["$key $name commit"]+="$com "; fi
-  done <"$RUN/layers"
+  done < <(layer_times)
+}
+layer_times() {
+  if [[ -s $RUN/last.json ]]; then
+    python3 -c 'import json, sys
+for l in json.load(open(sys.argv[1]))["layers"]:
+    if not l["hit"]: print(l["name"], l["install_seconds"], l["commit_seconds"])' "$RUN/last.json"
+  elif [[ -s $RUN/stamps ]]; then
+    awk '{printf "%s %.3f\n", $1, $3 - $2}' "$RUN/stamps"
+  fi
 }
 buildah_oci() { B push -q l3 "oci:$W/buildah-oci:l3" >/dev/null || die "buildah push failed"; }
 
