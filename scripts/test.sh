@@ -66,8 +66,10 @@ run_tests() {
 }
 
 for m in $modules; do
-	echo "== go vet ($m)"
+	echo "== go vet, go mod tidy ($m)"
 	(cd "$m" && go vet ./...)
+	# tidy -diff prints what tidy would change and fails; it changes nothing
+	(cd "$m" && go mod tidy -diff) || { echo "go.mod of $m is not tidy: run go mod tidy there"; exit 1; }
 	run_tests "$m" "$m" -- ./...
 done
 # The build tests once more with every install on FUSE: as root, the run above
