@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/mountinfo"
 )
 
 // fullBelow is how little free space makes a filesystem full for
@@ -40,9 +41,8 @@ func (c *Cache) NoSpace(err error) string {
 	return fmt.Sprintf("the filesystem of the cache, %s, is full: %s", describeFS(c.dir), what)
 }
 
-// describeFS names the filesystem path is on: its mount point and source,
-// from /proc/self/mountinfo (the deepest mount of path's device that
-// contains it).
+// describeFS names the filesystem path is on: its mount point and source
+// (the deepest mount of path's device that contains it).
 func describeFS(path string) string {
 	if p, err := filepath.EvalSymlinks(path); err == nil {
 		path = p
@@ -52,32 +52,19 @@ func describeFS(path string) string {
 		return path
 	}
 	dev := fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return path
 	}
-	defer f.Close()
-	best, source := "", ""
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER
-		fl := strings.Fields(sc.Text())
-		if len(fl) < 5 || fl[2] != dev {
-			continue
-		}
-		mp := strings.ReplaceAll(fl[4], `\040`, " ")
-		if (path == mp || mp == "/" || strings.HasPrefix(path, mp+"/")) && len(mp) >= len(best) {
-			best, source = mp, ""
-			for i, x := range fl {
-				if x == "-" && i+2 < len(fl) {
-					source = fl[i+2]
-				}
-			}
+	var best *mountinfo.Mount
+	for i, m := range mounts {
+		mp := m.Mountpoint
+		if m.Dev == dev && (path == mp || mp == "/" || strings.HasPrefix(path, mp+"/")) && (best == nil || len(mp) >= len(best.Mountpoint)) {
+			best = &mounts[i]
 		}
 	}
-	if best == "" {
+	if best == nil {
 		return path
 	}
-	return best + " (" + source + ")"
+	return best.Mountpoint + " (" + best.Source + ")"
 }

@@ -240,9 +240,11 @@ func (k *kernelMount) Close() error {
 func MountKernel(mountpoint string, opts Options) error {
 	// The layer dirs are checked as the FUSE driver checks them: what
 	// overlayfs would refuse with a bare EINVAL gets a message.
-	if _, err := overlay.NewUnion(overlay.UnionOptions{Lowers: opts.Lowers, Upper: opts.Upper, Work: opts.Work}); err != nil {
+	check, err := overlay.NewUnion(overlay.UnionOptions{Lowers: opts.Lowers, Upper: opts.Upper, Work: opts.Work})
+	if err != nil {
 		return inputerr.Wrap(err)
 	}
+	check.Close()
 	if err := clearStale(mountpoint); err != nil {
 		return err
 	}

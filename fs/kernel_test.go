@@ -84,7 +84,7 @@ func TestKernelSessionIsDetached(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if info := mountinfo(t); strings.Contains(info, " "+mnt+" ") || strings.Contains(info, upper) {
+	if info := mountTableText(t); strings.Contains(info, " "+mnt+" ") || strings.Contains(info, upper) {
 		t.Errorf("the kernel session is attached in this namespace:\n%s", info)
 	}
 	tree, err := s.Tree()
@@ -232,7 +232,7 @@ func readFile(t *testing.T, p string) string {
 	return string(b)
 }
 
-func mountinfo(t *testing.T) string {
+func mountTableText(t *testing.T) string {
 	t.Helper()
 	return readFile(t, "/proc/self/mountinfo")
 }

@@ -91,30 +91,31 @@ func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	fsys := &filesystem{rootless: rootless, passthrough: !rootless, timeout: opts.Timeout, noSync: opts.NoSync}
-	// Rootless, every chown is recorded, even one to the daemon's own ids:
-	// a commit that maps those ids to root (a rootless build, commit
-	// --squash-owner) then keeps the owner the caller asked for, and a
-	// commit that does not gives the same layer as before.
-	u, err := overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless, RecordChowns: rootless, OnCopyUp: fsys.copiedUp,
-		// The upper's filesystem may give a gone object's inode number to a
-		// new file, which must not inherit its identity.
-		OnGone: func(o overlay.Object) { fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) }})
-	if err != nil {
-		for _, f := range keep {
-			f.Close()
-		}
-		return nil, inputerr.Wrap(err) // the layer dirs given are not usable as such
-	}
-	fsys.u = u
+	var u *overlay.Union
 	defer func() {
 		if err != nil {
-			u.Close()
+			if u != nil {
+				u.Close()
+			}
 			for _, f := range keep {
 				f.Close()
 			}
 		}
 	}()
+	fsys := &filesystem{rootless: rootless, passthrough: !rootless, timeout: opts.Timeout, noSync: opts.NoSync}
+	// Rootless, every chown is recorded, even one to the daemon's own ids:
+	// a commit that maps those ids to root (a rootless build, commit
+	// --squash-owner) then keeps the owner the caller asked for, and a
+	// commit that does not gives the same layer as before.
+	u, err = overlay.NewUnion(overlay.UnionOptions{Lowers: lowers, Upper: opts.Upper, Work: opts.Work, Rootless: rootless, RecordChowns: rootless, OnCopyUp: fsys.copiedUp,
+		// The upper's filesystem may give a gone object's inode number to a
+		// new file, which must not inherit its identity.
+		OnGone: func(o overlay.Object) { fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) }})
+	if err != nil {
+		u = nil
+		return nil, inputerr.Wrap(err) // the layer dirs given are not usable as such
+	}
+	fsys.u = u
 	if err := clearStale(mountpoint); err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/mountinfo"
 )
 
 // MountInfo describes a layerfs mount, as `layerfs mounts` shows it.
@@ -100,59 +101,29 @@ func readState(p string) (MountInfo, error) {
 // IsKernel reports whether the kernel's overlayfs serves the mount.
 func (m MountInfo) IsKernel() bool { return m.Driver == string(DriverKernel) }
 
-// kernelMounts lists the mounts of this mount namespace by mountpoint,
+// mountTable lists the mounts of this mount namespace by mountpoint,
 // with the driver of those known to be layerfs's by their type (FUSE
 // mounts of type fuse.layerfs; overlayfs mounts whose source is
 // KernelSource) and "" for the others: a kernel mount's record also
 // names a read-only bind of its single lower, which is just a mount.
-func kernelMounts() (map[string]Driver, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+func mountTable() (map[string]Driver, error) {
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	out := map[string]Driver{}
-	sc := bufio.NewScanner(f)
-	// A kernel mount's line names every lower: 60 lowers of 300 bytes
-	// make one of 20 KB.
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER
-		fields := strings.Fields(sc.Text())
-		i := slices.Index(fields, "-")
-		if len(fields) < 5 || i < 0 || i+2 >= len(fields) {
-			continue
-		}
+	for _, m := range mounts {
 		var d Driver
 		switch {
-		case fields[i+1] == FsType:
+		case m.FSType == FsType:
 			d = DriverFUSE
-		case fields[i+1] == "overlay" && fields[i+2] == KernelSource:
+		case m.FSType == "overlay" && m.Source == KernelSource:
 			d = DriverKernel
 		}
 		// Stacked mounts: the last line is the one on top.
-		out[unescapeMountinfo(fields[4])] = d
+		out[m.Mountpoint] = d
 	}
-	return out, sc.Err()
-}
-
-// unescapeMountinfo undoes mountinfo's octal escapes (\040 is a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return out, nil
 }
 
 // List returns the layerfs mounts: those the kernel lists, with what their
@@ -181,7 +152,7 @@ func list(only string) ([]MountInfo, error) {
 			byPoint[m.Mountpoint] = m
 		}
 	}
-	mounted, err := kernelMounts()
+	mounted, err := mountTable()
 	if err != nil {
 		return nil, err
 	}

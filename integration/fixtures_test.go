@@ -119,17 +119,7 @@ func heavyMount(t *testing.T, union string, lowers []string, upper, mnt string) 
 		}
 		t.Logf("%s took %v", strings.Join(cmd.Args, " "), time.Since(start).Round(time.Millisecond))
 		// The mount command returns once the mount is serving.
-		fstype, ok := heavyMountType(t, mnt)
-		if !ok {
-			t.Fatalf("%s returned, but %s is not a mount point", strings.Join(cmd.Args, " "), mnt)
-		}
-		if want := map[string]string{"layerfs-kernel": "overlay"}[union]; want != "" {
-			if fstype != want {
-				t.Fatalf("%s: %s is a %s mount, want %s", strings.Join(cmd.Args, " "), mnt, fstype, want)
-			}
-		} else if !strings.HasPrefix(fstype, "fuse") {
-			t.Fatalf("%s: %s is a %s mount, want fuse", strings.Join(cmd.Args, " "), mnt, fstype)
-		}
+		checkMountDriver(t, mnt, strings.TrimPrefix(union, "layerfs-"))
 	}
 	mounted := true
 	unmount := func() {

@@ -695,11 +695,11 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerRe
 		if err := b.use(e); err != nil {
 			return nil, err
 		}
+		where := ""
 		if src == sourceRemote {
-			fmt.Fprintf(b.opts.Log, "OCI Cache HIT (remote): Layer '%s' (%s)\n", in.Name, key[:16])
-		} else {
-			fmt.Fprintf(b.opts.Log, "OCI Cache HIT: Layer '%s' (%s)\n", in.Name, key[:16])
+			where = " (remote)"
 		}
+		fmt.Fprintf(b.opts.Log, "OCI Cache HIT%s: Layer '%s' (%s)\n", where, in.Name, key[:16])
 		rep.Hit, rep.Digest, rep.DiffID, rep.Size = true, e.Info.Digest, e.Info.DiffID, e.Info.Size
 		b.tiers.push(ctx, e, rep, &b.repMu)
 		return ready(e), nil

@@ -234,11 +234,9 @@ func (a at) viaProc(op func(p string) error) error {
 	return op("/proc/self/fd/" + strconv.Itoa(fd) + "/" + name)
 }
 
-// atFlags are the *xattrat flags for a: the object itself, not what a
+// xattrAtFlags ask the *xattrat calls for the object itself, not what a
 // symlink there points to; "." is the directory descriptor itself.
-func (a at) atFlags() uintptr {
-	return unix.AT_SYMLINK_NOFOLLOW
-}
+const xattrAtFlags = unix.AT_SYMLINK_NOFOLLOW
 
 func (a at) listxattr(dest []byte) (n int, err error) {
 	if a.long() {
@@ -254,7 +252,7 @@ func (a at) listxattr(dest []byte) (n int, err error) {
 		if len(dest) > 0 {
 			d = unsafe.Pointer(&dest[0])
 		}
-		r, _, e := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(a.dir), uintptr(unsafe.Pointer(p)), a.atFlags(), uintptr(d), uintptr(len(dest)), 0)
+		r, _, e := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(a.dir), uintptr(unsafe.Pointer(p)), xattrAtFlags, uintptr(d), uintptr(len(dest)), 0)
 		if e != unix.ENOSYS {
 			if e != 0 {
 				return 0, e
@@ -293,7 +291,7 @@ func (a at) getxattr(name string, dest []byte) (n int, err error) {
 			pin.Pin(&dest[0])
 			args.value, args.size = uint64(uintptr(unsafe.Pointer(&dest[0]))), uint32(len(dest))
 		}
-		r, _, e := unix.Syscall6(unix.SYS_GETXATTRAT, uintptr(a.dir), uintptr(unsafe.Pointer(p)), a.atFlags(), uintptr(unsafe.Pointer(nm)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+		r, _, e := unix.Syscall6(unix.SYS_GETXATTRAT, uintptr(a.dir), uintptr(unsafe.Pointer(p)), xattrAtFlags, uintptr(unsafe.Pointer(nm)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
 		if e != unix.ENOSYS {
 			if e != 0 {
 				return 0, e
@@ -321,7 +319,7 @@ func (a at) setxattr(name string, value []byte, flags int) error {
 			pin.Pin(&value[0])
 			args.value = uint64(uintptr(unsafe.Pointer(&value[0])))
 		}
-		_, _, e := unix.Syscall6(unix.SYS_SETXATTRAT, uintptr(a.dir), uintptr(unsafe.Pointer(p)), a.atFlags(), uintptr(unsafe.Pointer(nm)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+		_, _, e := unix.Syscall6(unix.SYS_SETXATTRAT, uintptr(a.dir), uintptr(unsafe.Pointer(p)), xattrAtFlags, uintptr(unsafe.Pointer(nm)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
 		if e != unix.ENOSYS {
 			if e != 0 {
 				return e
@@ -341,7 +339,7 @@ func (a at) removexattr(name string) error {
 		if err != nil {
 			return err
 		}
-		_, _, e := unix.Syscall6(unix.SYS_REMOVEXATTRAT, uintptr(a.dir), uintptr(unsafe.Pointer(p)), a.atFlags(), uintptr(unsafe.Pointer(nm)), 0, 0)
+		_, _, e := unix.Syscall6(unix.SYS_REMOVEXATTRAT, uintptr(a.dir), uintptr(unsafe.Pointer(p)), xattrAtFlags, uintptr(unsafe.Pointer(nm)), 0, 0)
 		if e != unix.ENOSYS {
 			if e != 0 {
 				return e

@@ -91,9 +91,6 @@ func newStack(layers []at) *Stack {
 	return &Stack{top: top, dirs: map[string][]Source{"": root}, index: map[string]map[string]LowerEntry{}}
 }
 
-// layers returns the layer dirs, topmost first.
-func (s *Stack) layers() []at { return s.top }
-
 // Entries returns the merged entries of the directory rel (none when rel
 // is not a merged directory).
 func (s *Stack) Entries(rel string) (map[string]LowerEntry, error) {

@@ -744,7 +744,7 @@ func (u *Union) Readlink(rel string) (string, error) {
 func (u *Union) Statfs(st *syscall.Statfs_t) error {
 	p := u.upper
 	if !u.hasUpper {
-		ls := u.lower.layers()
+		ls := u.lower.top
 		if len(ls) == 0 {
 			return unix.ENOENT
 		}

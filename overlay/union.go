@@ -242,12 +242,12 @@ func (u *Union) lookupObject(rel string) (Object, error) {
 	if rel == "" {
 		if u.hasUpper {
 			o.at, o.Layer = u.upper, UpperLayer
-		} else if ls := u.lower.layers(); len(ls) > 0 {
+		} else if ls := u.lower.top; len(ls) > 0 {
 			o.at, o.Layer = ls[0], 1
 		} else {
 			return o, unix.ENOENT
 		}
-		o.InLower = len(u.lower.layers()) > 0
+		o.InLower = len(u.lower.top) > 0
 		return o, u.stat(&o)
 	}
 	pdir, name := Split(rel)

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/layerfs/layerfs/internal/mountinfo"
 )
 
 // setupMounts turns the mount namespace, a copy of the host's, into the
@@ -292,15 +294,15 @@ func mountTarget(path string, dir bool) error {
 // serving until this sandbox ends. Mounts on, above or below a writable
 // path stay.
 func detachFuseMounts(writable []string) error {
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return fmt.Errorf("list mounts: %w", err)
 	}
-	for _, line := range strings.Split(string(mounts), "\n") {
-		mp, fstype, ok := parseMountinfo(line)
-		if !ok || (fstype != "fuse" && fstype != "fuseblk" && !strings.HasPrefix(fstype, "fuse.")) {
+	for _, m := range mounts {
+		if m.FSType != "fuse" && m.FSType != "fuseblk" && !strings.HasPrefix(m.FSType, "fuse.") {
 			continue
 		}
+		mp := m.Mountpoint
 		if slices.ContainsFunc(writable, func(w string) bool { return within(w, mp) || within(mp, w) }) {
 			continue
 		}
@@ -316,35 +318,3 @@ func detachFuseMounts(writable []string) error {
 func within(path, dir string) bool {
 	return path == dir || dir == "/" || strings.HasPrefix(path, dir+"/")
 }
-
-// parseMountinfo returns the mount point and filesystem type of a line of
-// /proc/self/mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS...] -
-// FSTYPE SOURCE SUPEROPTS".
-func parseMountinfo(line string) (mountpoint, fstype string, ok bool) {
-	f := strings.Fields(line)
-	sep := slices.Index(f, "-")
-	if len(f) < 5 || sep < 0 || sep+1 >= len(f) {
-		return "", "", false
-	}
-	return unescapeMountinfo(f[4]), f[sep+1], true
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space,
-// and tab, newline and backslash).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, "\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }

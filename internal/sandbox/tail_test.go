@@ -89,19 +89,3 @@ func TestTailSurvivesAFailingOutput(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
-
-func TestParseMountinfo(t *testing.T) {
-	for _, c := range []struct{ line, mp, fstype string }{
-		{`36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue`, "/mnt/parent", "ext3"},
-		{`50 27 0:45 / /var/cache/a\040b\134c rw,nosuid - fuse.layerfs layerfs rw,user_id=0`, `/var/cache/a b\c`, "fuse.layerfs"},
-		{`51 27 0:46 / /x rw - fuse fuse rw`, "/x", "fuse"},
-	} {
-		mp, fstype, ok := parseMountinfo(c.line)
-		if !ok || mp != c.mp || fstype != c.fstype {
-			t.Errorf("%s: got %q %q %v", c.line, mp, fstype, ok)
-		}
-	}
-	if _, _, ok := parseMountinfo(""); ok {
-		t.Error("an empty line parsed")
-	}
-}
