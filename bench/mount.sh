@@ -16,6 +16,13 @@
 #               hello: 7 packages, ~2,900 paths, maintainer scripts and the ldconfig
 #               trigger) into a debootstrap --variant=minbase rootfs: a cp -a copy of
 #               it on native, the lower of a fresh mount otherwise
+#   debootstrap debootstrap --variant=minbase from a tarball of its .debs (made once
+#               with --make-tarball: no network in the timed part) into an empty dir /
+#               a fresh mount over an empty lower
+#   untar-user  the untar as a normal user (tar --no-same-owner), for the FUSE mounts
+#               made by that user (rootless: no passthrough, no default_permissions)
+# layerfs is `layerfs mount --driver fuse`: this measures the FUSE path, the kernel's
+# overlayfs (kovl) is the reference.
 # and then, for the FUSE daemons, the resident memory (VmRSS) after a stat of every
 # entry in a mount over 3 lowers holding >= 100,000 entries, and the mount time over
 # them. It prints medians of N runs (interleaved), per-run figures, and the ratios
@@ -48,7 +55,8 @@ usage: bench/mount.sh [options]
                      else `go env GOROOT`)
   --mirror URL       Debian mirror for debootstrap (default: the one apt is configured with)
   --suite NAME       Debian suite of the rootfs (default: the host's, e.g. bookworm)
-  --no-dpkg          skip the dpkg install (and the rootfs fixture)
+  --no-dpkg          skip the dpkg install and debootstrap (and their fixtures)
+  --no-rootless      skip the untar as a normal user
   --no-rss           skip the 100,000-entry memory measurement
   --scratch-fs KIND  where the written dirs live (native targets, uppers, workdirs):
                      loop (default): a fresh ext4 (mkfs per run, mounted nodiscard) on a
@@ -66,7 +74,7 @@ EOF
 }
 
 RUNS=3 CONFIGS=native,kovl,fovl,layerfs LFS_BIN= CACHE=/var/cache/layerfs-bench WORK= KEEP=0
-CORPUS= MIRROR= SUITE= DO_DPKG=1 DO_RSS=1 REQUESTS=0 CHECK=0 QUIET=0 SCRATCH_FS=loop
+CORPUS= MIRROR= SUITE= DO_DPKG=1 DO_ROOTLESS=1 DO_RSS=1 REQUESTS=0 CHECK=0 QUIET=0 SCRATCH_FS=loop
 while (($#)); do
   case $1 in
     -n) RUNS=$2; shift 2 ;;
@@ -78,6 +86,7 @@ while (($#)); do
     --mirror) MIRROR=$2; shift 2 ;;
     --suite) SUITE=$2; shift 2 ;;
     --no-dpkg) DO_DPKG=0; shift ;;
+    --no-rootless) DO_ROOTLESS=0; shift ;;
     --no-rss) DO_RSS=0; shift ;;
     --scratch-fs) SCRATCH_FS=$2; shift 2 ;;
     --requests) REQUESTS=1; shift ;;
@@ -147,11 +156,12 @@ union_mount() {
     kovl) mount -t overlay overlay -o "lowerdir=$ld,upperdir=$up,workdir=$wd,redirect_dir=off,metacopy=off,index=off" "$mnt" ;;
     fovl)
       # (it warns "unknown argument ignored: lazytime" on every mount)
-      fuse-overlayfs -o "lowerdir=$ld,upperdir=$up,workdir=$wd" "$mnt" 2>"$WORK/mount.err" ||
+      # dev and suid as the kernel's overlayfs and layerfs mount (debootstrap refuses nodev)
+      fuse-overlayfs -o "lowerdir=$ld,upperdir=$up,workdir=$wd,dev,suid" "$mnt" 2>"$WORK/mount.err" ||
         { cat "$WORK/mount.err" >&2; die "fuse-overlayfs mount at $mnt failed"; } ;;
     layerfs)
       for i in "${lowers[@]}"; do args+=(--lower "$i"); done
-      "$LFS" mount "${args[@]}" --upper "$up" --workdir "$wd" "$mnt" ;;
+      "$LFS" mount --driver fuse "${args[@]}" --upper "$up" --workdir "$wd" "$mnt" ;;
     *) die "union_mount: $cfg" ;;
   esac
 }
@@ -254,6 +264,19 @@ fi
 FUSE_CFGS=()
 for c in "${CFGS[@]}"; do [[ $c == fovl || $c == layerfs ]] && FUSE_CFGS+=("$c"); done
 
+# The rootless runs: a normal user mounts (through fusermount3) and untars. /dev/fuse
+# is made 0666, as a distribution's udev leaves it.
+BENCH_USER=layerfs-bench
+if ((DO_ROOTLESS)) && ((${#FUSE_CFGS[@]})); then
+  for t in runuser fusermount3; do command -v $t >/dev/null || die "$t not found (apt-get install fuse3 util-linux), or use --no-rootless"; done
+  id "$BENCH_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /bin/sh "$BENCH_USER" || die "useradd $BENCH_USER failed"
+  chmod 0666 /dev/fuse
+  chmod 0711 "$WORK"; chmod 0755 "$WORK/bin"
+else
+  DO_ROOTLESS=0
+fi
+as_user() { runuser -u "$BENCH_USER" -- "$@"; }
+
 # ---------------------------------------------------------------- fixtures (cached)
 
 if [[ -z $CORPUS ]]; then
@@ -354,6 +377,16 @@ if ((DO_DPKG)); then
     fi
     DEBS+=("$(ls "$CACHE/debs/${p}"_*.deb | tail -1)")
   done
+  # debootstrap's .debs once, as a tarball: the timed runs unpack it, offline
+  DBS_TARBALL=$CACHE/debootstrap-$SUITE-minbase.tgz
+  if [[ ! -f $DBS_TARBALL ]]; then
+    log "debootstrap: --make-tarball of $SUITE minbase from $MIRROR -> $DBS_TARBALL (once)"
+    rm -rf "$WORK/dbs-tmp"
+    debootstrap --variant=minbase --make-tarball="$DBS_TARBALL.tmp.tgz" "$SUITE" "$WORK/dbs-tmp" "$MIRROR" >"$CACHE/debootstrap-tarball.log" 2>&1 \
+      || { tail -20 "$CACHE/debootstrap-tarball.log" >&2; die "debootstrap --make-tarball failed (log: $CACHE/debootstrap-tarball.log)"; }
+    mv "$DBS_TARBALL.tmp.tgz" "$DBS_TARBALL"
+    rm -rf "$WORK/dbs-tmp"
+  fi
   DEB_FILES=0
   for d in "${DEBS[@]}"; do DEB_FILES=$((DEB_FILES + $(dpkg-deb -c "$d" | wc -l))); done
   ROOTFS_ENTRIES=$(find "$ROOTFS" -mindepth 1 | wc -l)
@@ -460,8 +493,53 @@ dpkg_install() {
   rm -rf "$S"
 }
 
+# debootstrap_run CFG
+debootstrap_run() {
+  local cfg=$1 t pid=-
+  fresh
+  if [[ $cfg == native ]]; then
+    t=$S/n; mkdir -p "$t"
+  else
+    t=$S/m; union_mount "$cfg" "$t" "$S/u" "$S/w" "$EMPTY"
+    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
+  fi
+  sync
+  if ! timed debootstrap "$cfg" "$pid" debootstrap --variant=minbase --unpack-tarball="$DBS_TARBALL" "$SUITE" "$t" "$MIRROR" 2>"$WORK/dbs.err"; then
+    tail -20 "$WORK/out" "$WORK/dbs.err" "$t/debootstrap/debootstrap.log" >&2 2>/dev/null || true
+    die "debootstrap failed on $cfg"
+  fi
+  [[ -x $t/bin/sh ]] && dpkg --root="$t" -s dpkg 2>/dev/null | grep -q '^Status: install ok installed' || warn "debootstrap $cfg: no installed dpkg afterwards"
+  [[ $cfg == native ]] || union_umount "$cfg" "$t"
+  rm -rf "$S"
+}
+
+# untar_user CFG: a FUSE mount made by BENCH_USER, and its untar with --no-same-owner
+untar_user() {
+  local cfg=$1 t pid=- args=()
+  fresh
+  t=$S/m
+  mkdir -p "$t" "$S/u" "$S/w"; chown "$BENCH_USER" "$t" "$S/u" "$S/w"
+  MOUNTS+=("$t")
+  case $cfg in
+    fovl) as_user fuse-overlayfs -o "lowerdir=$EMPTY,upperdir=$S/u,workdir=$S/w" "$t" 2>"$WORK/mount.err" ||
+            { cat "$WORK/mount.err" >&2; die "fuse-overlayfs as $BENCH_USER at $t failed"; } ;;
+    layerfs) as_user "$LFS" mount --driver fuse --lower "$EMPTY" --upper "$S/u" --workdir "$S/w" "$t" || die "layerfs mount as $BENCH_USER at $t failed" ;;
+  esac
+  pid=$(daemon_pid "$cfg" "$t") || pid=-
+  sync
+  timed untar-user "$cfg" "$pid" as_user tar --no-same-owner -C "$t" -xf "$TARBALL" || warn "untar-user $cfg: tar failed"
+  "$WALK" stat "$t" >"$WORK/out" || warn "untar-user $cfg: walking the result failed"
+  check_walk "untar-user $cfg" "$((TAR_ENTRIES))"
+  case $cfg in
+    fovl) as_user fusermount3 -u "$t" || die "fusermount3 -u $t failed" ;;
+    layerfs) as_user "$LFS" umount "$t" || die "layerfs umount $t as $BENCH_USER failed" ;;
+  esac
+  rm -rf "$S"
+}
+
 OPS=(untar stat-cold stat-warm read-cold read-warm)
-((DO_DPKG)) && OPS+=(dpkg)
+((DO_DPKG)) && OPS+=(dpkg debootstrap)
+((DO_ROOTLESS)) && OPS+=(untar-user)
 
 ((QUIET)) && wait_quiet "$QUIET"
 BUSY0=$(cpu_busy) IO0=$(io_pressure)
@@ -479,6 +557,12 @@ for ((run = 1; run <= RUNS; run++)); do
   if ((DO_DPKG)); then
     for c in "${CFGS[@]}"; do dpkg_install "$c"; done
     log "run $run/$RUNS dpkg: $(for c in "${CFGS[@]}"; do printf '%s %s s  ' "$c" "$(last "dpkg/$c")"; done)"
+    for c in "${CFGS[@]}"; do debootstrap_run "$c"; done
+    log "run $run/$RUNS debootstrap: $(for c in "${CFGS[@]}"; do printf '%s %s s  ' "$c" "$(last "debootstrap/$c")"; done)"
+  fi
+  if ((DO_ROOTLESS)); then
+    for c in "${FUSE_CFGS[@]}"; do untar_user "$c"; done
+    log "run $run/$RUNS untar as $BENCH_USER: $(for c in "${FUSE_CFGS[@]}"; do printf '%s %s s  ' "$c" "$(last "untar-user/$c")"; done)"
   fi
 done
 BUSY1=$(cpu_busy) IO1=$(io_pressure)
@@ -528,16 +612,17 @@ debug_mount() {  # CFG MNT UPPER WORKDIR LOG LOWER...: a mount whose daemon logs
   case $cfg in
     fovl)
       for ((i = ${#lowers[@]} - 1; i >= 0; i--)); do rev+=("${lowers[i]}"); done
-      fuse-overlayfs -d -o "lowerdir=$(IFS=:; echo "${rev[*]}"),upperdir=$up,workdir=$wd" "$mnt" >"$logf" 2>&1 & ;;
+      fuse-overlayfs -d -o "lowerdir=$(IFS=:; echo "${rev[*]}"),upperdir=$up,workdir=$wd,dev,suid" "$mnt" >"$logf" 2>&1 & ;;
     layerfs)
       for i in "${lowers[@]}"; do args+=(--lower "$i"); done
-      "$LFS" mount --foreground --debug "${args[@]}" --upper "$up" --workdir "$wd" "$mnt" >"$logf" 2>&1 & ;;
+      "$LFS" mount --driver fuse --foreground --debug "${args[@]}" --upper "$up" --workdir "$wd" "$mnt" >"$logf" 2>&1 & ;;
   esac
   BGPIDS+=($!)
   for ((i = 0; i < 100; i++)); do mountpoint -q "$mnt" && return 0; sleep 0.1; done
   die "$cfg --debug: $mnt not mounted after 10 s"
 }
 REQ_OPS=(untar stat-cold stat-warm read)
+((DO_DPKG)) && REQ_OPS+=(dpkg debootstrap)
 if ((REQUESTS)); then
   for c in "${FUSE_CFGS[@]}"; do
     fresh
@@ -555,6 +640,20 @@ if ((REQUESTS)); then
     o=$(logsize "$L"); "$WALK" read "$S/m" >/dev/null; count_requests "$c" read "$L" "$o"
     sleep 0.5
     umount_any "$S/m"; wait "${BGPIDS[-1]}" 2>/dev/null || true
+    if ((DO_DPKG)); then
+      fresh
+      debug_mount "$c" "$S/m" "$S/u" "$S/w" "$L" "$ROOTFS"
+      o=$(logsize "$L")
+      DEBIAN_FRONTEND=noninteractive dpkg --root="$S/m" -i "${DEBS[@]}" >/dev/null 2>&1 || warn "dpkg under --debug failed on $c"
+      count_requests "$c" dpkg "$L" "$o"
+      umount_any "$S/m"; wait "${BGPIDS[-1]}" 2>/dev/null || true
+      fresh
+      debug_mount "$c" "$S/m" "$S/u" "$S/w" "$L" "$EMPTY"
+      o=$(logsize "$L")
+      debootstrap --variant=minbase --unpack-tarball="$DBS_TARBALL" "$SUITE" "$S/m" "$MIRROR" >/dev/null 2>&1 || warn "debootstrap under --debug failed on $c"
+      count_requests "$c" debootstrap "$L" "$o"
+      umount_any "$S/m"; wait "${BGPIDS[-1]}" 2>/dev/null || true
+    fi
     for op in "${REQ_OPS[@]}"; do log "$c requests, $op: ${REQ[$op/$c]}"; done
     rm -rf "$S" "$L"
   done
@@ -569,7 +668,7 @@ FOVL_VER=$(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs: version/
 MB() { awk -v a="$1" 'BEGIN {printf "%.0f MB", a/1e6}'; }
 
 echo
-echo "== layerfs mount benchmark (issue 3) =="
+echo "== layerfs mount benchmark (issues 3 and 14) =="
 echo "date   : $(date -u +%Y-%m-%dT%H:%M:%SZ)   layerfs: $(has_cfg layerfs && echo "$LFS_REV" || echo 'not measured')"
 echo "host   : $(machine), fuse-overlayfs $FOVL_VER"
 if [[ $SCRATCH_FS == loop ]]; then
@@ -579,6 +678,8 @@ else
 fi
 echo "corpus : tar of $CORPUS ($(head -1 "$CORPUS/VERSION" 2>/dev/null || echo ?)): $TAR_ENTRIES entries, $(MB "$TAR_BYTES"); stat/read over its extraction: $TREE_ENTRIES entries ($TREE_FILES files, $(MB "$TREE_BYTES")) in the lower"
 ((DO_DPKG)) && echo "dpkg   : dpkg --root=MNT -i $(for d in "${DEBS[@]}"; do printf '%s ' "$(basename "$d")"; done)($DEB_FILES paths) into a debootstrap --variant=minbase $SUITE rootfs ($ROOTFS_ENTRIES entries) from $MIRROR"
+((DO_DPKG)) && echo "debootstrap: debootstrap --variant=minbase --unpack-tarball=$(basename "$DBS_TARBALL") $SUITE (offline) into an empty dir / a fresh mount over an empty lower"
+((DO_ROOTLESS)) && echo "rootless: untar-user is the untar by user $BENCH_USER (tar --no-same-owner) into a FUSE mount that user made (fusermount3; /dev/fuse 0666)"
 echo "runs   : $RUNS of each, interleaved across mounts, median reported; walker: bench/mountwalk.go (fstatat per entry, one process)"
 echo "load   : CPUs ${BUSY0}% busy just before the runs, ${BUSY1}% just after (3 s samples, all processes); I/O pressure (PSI some avg10) ${IO0}% before, ${IO1}% after"
 echo
@@ -640,6 +741,20 @@ if has_cfg layerfs; then
     [[ $v == MISSED ]] && MISSED=1
     printf '  %-36s %7s  %s\n' "daemon RSS <= 100 MB at 100k entries" "$(awk -v k="${RSS1[layerfs]}" 'BEGIN {printf "%.1f MB", k/1024}')" "$v"
   fi
+  if ((RUNS)); then
+    echo
+    echo "targets of issue 14 (layerfs mount --driver fuse, ratios of medians; the 3-layer build's row is bench/distro.sh's):"
+    has_cfg fovl && target "untar <= 0.5x fuse-overlayfs" "$(div "$(med untar/layerfs)" "$(med untar/fovl)")" 0.5
+    has_cfg kovl && target "untar <= 3x kernel overlayfs" "$(div "$(med untar/layerfs)" "$(med untar/kovl)")" 3
+    has_cfg kovl && target "stat warm <= 1.5x kernel overlayfs" "$(div "$(med stat-warm/layerfs)" "$(med stat-warm/kovl)")" 1.5
+    if ((DO_DPKG)); then
+      for op in dpkg debootstrap; do
+        has_cfg kovl && target "$op <= 1.5x kernel overlayfs" "$(div "$(med "$op/layerfs")" "$(med "$op/kovl")")" 1.5
+        has_cfg fovl && target "$op < fuse-overlayfs" "$(div "$(med "$op/layerfs")" "$(med "$op/fovl")")" 0.9999
+      done
+    fi
+    ((DO_ROOTLESS)) && has_cfg fovl && target "untar as a user <= 0.5x fuse-overlayfs" "$(div "$(med untar-user/layerfs)" "$(med untar-user/fovl)")" 0.5
+  fi
 else
   echo "targets: not checked (layerfs not measured)"
 fi
@@ -660,6 +775,20 @@ if ((REQUESTS)); then
   for c in "${FUSE_CFGS[@]}"; do
     for op in "${REQ_OPS[@]}"; do echo "  $(name "$c"), $op: ${REQ[$op/$c]}"; done
   done
+  if ((RUNS)); then
+    echo
+    echo "daemon CPU per request: the median daemon CPU of the timed runs / the requests of the logged run"
+    row mount workload requests "daemon CPU s" "µs per request" "wall s" "wall µs per request"
+    row "---" "---" "---:" "---:" "---:" "---:" "---:"
+    for c in "${FUSE_CFGS[@]}"; do
+      for op in untar stat-warm dpkg debootstrap; do
+        n=${REQ[$op/$c]%% *}
+        [[ -n $n && -n ${R[$op/$c]:-} ]] || continue
+        row "$(name "$c")" "$op" "$n" "$(dmed "$op/$c")" "$(DIV_PLACES=1 div "$(awk -v a="$(dmed "$op/$c")" 'BEGIN {print a * 1e6}')" "$n")" \
+          "$(med "$op/$c")" "$(DIV_PLACES=1 div "$(awk -v a="$(med "$op/$c")" 'BEGIN {print a * 1e6}')" "$n")"
+      done
+    done
+  fi
 fi
 if ((${#WARNINGS[@]})); then
   echo
