@@ -77,7 +77,7 @@ get_layerfs() {
 # ---------------------------------------------------------------- numbers
 
 # median NUMBERS...: to 3 decimals; empty words are skipped, "-" when none is left
-median() { printf '%s\n' "$@" | grep . | sort -g | awk '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} printf "%.3f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+median() { printf '%s\n' "$@" | { grep . || true; } | sort -g | awk '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} printf "%.3f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 # div A B: A/B to DIV_PLACES decimals (default 2); "-" when A or B is "-" (the
 # median of no runs) or B <= 0
 div() { awk -v a="$1" -v b="$2" -v p="${DIV_PLACES:-2}" 'BEGIN {if (a == "-" || b == "-" || b <= 0) print "-"; else printf "%." p "f", a/b}'; }

@@ -1,16 +1,23 @@
 package fs
 
 import (
+	"cmp"
 	"context"
+	"hash/fnv"
+	"slices"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-// dirHandle is an open directory: a snapshot of the merged listing taken
-// at open, so offsets are stable for the handle's life; a seek to 0
-// takes a new one, as rewinddir expects.
+// dirHandle is a directory being read: the merged listing, each entry at
+// an offset derived from its name (nameCookie), in the offsets' order, as
+// ext4 hands out hashes. An offset so made means the same place in every
+// listing of the directory, whatever was added or removed meanwhile: a
+// read that continues from one (a READDIR without an open directory, see
+// noOpendirFS) neither repeats nor skips an entry that stayed, as POSIX
+// asks of readdir.
 type dirHandle struct {
 	n    *node
 	rel  string
@@ -40,25 +47,57 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	return d, fuse.FOPEN_CACHE_DIR, 0
 }
 
+// The offsets of "." and "..": every other name's is above them.
+const (
+	dotCookie    = 1
+	dotDotCookie = 2
+)
+
+// nameCookie is the offset of name in a listing: 63 bits of its FNV-1a
+// hash (the kernel passes offsets on as a signed off_t), above the dot
+// entries'.
+func nameCookie(name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	c := h.Sum64() >> 1
+	if c <= dotDotCookie {
+		c += dotDotCookie + 1
+	}
+	return c
+}
+
 func (d *dirHandle) load() syscall.Errno {
 	ents, err := d.n.fsys.u.ReadDir(d.rel)
 	if err != nil {
 		return errno(err)
 	}
 	d.ents = make([]fuse.DirEntry, 0, len(ents)+2)
-	d.ents = append(d.ents, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: d.n.StableAttr().Ino})
 	parentIno := d.n.StableAttr().Ino
 	if _, p := d.n.Parent(); p != nil {
 		parentIno = p.StableAttr().Ino
 	}
-	d.ents = append(d.ents, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno})
 	for _, e := range ents {
 		d.ents = append(d.ents, fuse.DirEntry{
 			Name: e.Name,
 			Mode: e.Mode,
 			Ino:  d.n.fsys.inos.get(inoKey{e.Layer, e.Ino}).ino,
+			Off:  nameCookie(e.Name),
 		})
 	}
+	slices.SortFunc(d.ents, func(a, b fuse.DirEntry) int {
+		return cmp.Or(cmp.Compare(a.Off, b.Off), cmp.Compare(a.Name, b.Name))
+	})
+	// Two names of one directory with the same 63 bits (a chance of one
+	// in 2^63 per pair) get neighbouring offsets: the listing stays
+	// whole, only their offsets are not stable.
+	for i := 1; i < len(d.ents); i++ {
+		if d.ents[i].Off <= d.ents[i-1].Off {
+			d.ents[i].Off = d.ents[i-1].Off + 1
+		}
+	}
+	d.ents = slices.Insert(d.ents, 0,
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: d.n.StableAttr().Ino, Off: dotCookie},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno, Off: dotDotCookie})
 	d.pos = 0
 	return 0
 }
@@ -69,21 +108,90 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	}
 	e := &d.ents[d.pos]
 	d.pos++
-	e.Off = uint64(d.pos)
 	return e, 0
 }
 
+// Seekdir goes to the entry after offset off: the first entry for 0, with
+// a new listing, as rewinddir expects.
 func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == 0 {
 		return d.load()
 	}
-	if off > uint64(len(d.ents)) {
-		return syscall.EINVAL
-	}
-	d.pos = int(off)
+	d.pos, _ = slices.BinarySearchFunc(d.ents, off+1, func(e fuse.DirEntry, t uint64) int { return cmp.Compare(e.Off, t) })
 	return 0
 }
 
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	return 0
+}
+
+// noOpendirFS serves directories without OPENDIR and RELEASEDIR: it
+// answers OPENDIR with ENOSYS where the kernel offers
+// FUSE_NO_OPENDIR_SUPPORT, and the kernel then stops sending either and
+// keeps listings in its cache (FOPEN_CACHE_DIR) by default. A walk of a
+// tree costs two round trips less per directory (3,300 of the 5,000
+// requests of a warm walk of the Go tree, BENCHMARKS.md issue 14). Each
+// READDIR then comes without a handle: it is served through a handle
+// opened for that request alone, a fresh listing, continued at the
+// kernel's offset, which names the same place in every listing
+// (dirHandle).
+type noOpendirFS struct {
+	fuse.RawFileSystem
+	enabled bool // set once, by Init, before the first request
+}
+
+func (d *noOpendirFS) Init(s *fuse.Server) {
+	d.enabled = s.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT != 0
+	d.RawFileSystem.Init(s)
+}
+
+func (d *noOpendirFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if d.enabled {
+		return fuse.ENOSYS
+	}
+	return d.RawFileSystem.OpenDir(cancel, in, out)
+}
+
+func (d *noOpendirFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	if in.Fh != 0 {
+		return d.RawFileSystem.ReadDir(cancel, in, out)
+	}
+	return d.withHandle(cancel, &in.InHeader, func(fh uint64) fuse.Status {
+		in2 := *in
+		in2.Fh = fh
+		return d.RawFileSystem.ReadDir(cancel, &in2, out)
+	})
+}
+
+func (d *noOpendirFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	if in.Fh != 0 {
+		return d.RawFileSystem.ReadDirPlus(cancel, in, out)
+	}
+	return d.withHandle(cancel, &in.InHeader, func(fh uint64) fuse.Status {
+		in2 := *in
+		in2.Fh = fh
+		return d.RawFileSystem.ReadDirPlus(cancel, &in2, out)
+	})
+}
+
+func (d *noOpendirFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	if in.Fh != 0 {
+		return d.RawFileSystem.FsyncDir(cancel, in)
+	}
+	return d.withHandle(cancel, &in.InHeader, func(fh uint64) fuse.Status {
+		in2 := *in
+		in2.Fh = fh
+		return d.RawFileSystem.FsyncDir(cancel, &in2)
+	})
+}
+
+// withHandle runs op with a handle of the directory of h, open for op
+// alone.
+func (d *noOpendirFS) withHandle(cancel <-chan struct{}, h *fuse.InHeader, op func(fh uint64) fuse.Status) fuse.Status {
+	var out fuse.OpenOut
+	if st := d.RawFileSystem.OpenDir(cancel, &fuse.OpenIn{InHeader: *h, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY}, &out); !st.Ok() {
+		return st
+	}
+	defer d.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: *h, Fh: out.Fh})
+	return op(out.Fh)
 }

@@ -152,6 +152,16 @@ func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 	if opts.Upper == "" && rootless {
 		mo.Options = append(mo.Options, "ro")
 	}
+	// noatime, as fuse-overlayfs mounts: the kernel would otherwise mark a
+	// directory's cached attributes stale at every readdir (and a file's
+	// at every read), so that the next stat of it is a GETATTR: one per
+	// directory in every walk of a tree (bench/mount.sh, BENCHMARKS.md
+	// issue 14). The atimes a stat shows are the layer files' own, which
+	// reads through the mount still update (passthrough reads are the
+	// layer file's reads).
+	if rootless {
+		mo.Options = append(mo.Options, "noatime")
+	}
 	gopts := &gofs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &ttl,
@@ -162,12 +172,13 @@ func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 		RootStableAttr:  &gofs.StableAttr{Ino: 1},
 	}
 	var srv *fuse.Server
+	dirs := &noOpendirFS{RawFileSystem: gofs.NewNodeFS(root, gopts)}
 	if rootless {
-		srv, err = gofs.Mount(mountpoint, root, gopts)
+		srv, err = mountFusermount(mountpoint, dirs, gopts)
 		// fusermount3 hands the connection back without close-on-exec.
 		closeOnExec()
 	} else {
-		raw := &killFS{RawFileSystem: gofs.NewNodeFS(root, gopts), asked: &fsys.killRequests}
+		raw := &killFS{RawFileSystem: dirs, asked: &fsys.killRequests}
 		srv, err = mountDirect(mountpoint, raw, root, gopts, opts.Upper == "")
 	}
 	if err != nil {
@@ -194,6 +205,20 @@ func (s *Server) Unmount() error {
 	return nil
 }
 
+// mountFusermount mounts as a user, through fusermount3 (go-fuse's
+// fs.Mount, with raw in front of the node tree).
+func mountFusermount(mountpoint string, raw fuse.RawFileSystem, opts *gofs.Options) (*fuse.Server, error) {
+	srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
+
 // mountDirect mounts as root: the mount(2) itself, on a /dev/fuse
 // descriptor opened close-on-exec (no process this one starts, such as a
 // parallel build's install, may inherit the connection and keep the mount
@@ -214,7 +239,7 @@ func mountDirect(mountpoint string, raw fuse.RawFileSystem, root *node, opts *go
 		return nil, fmt.Errorf("open /dev/fuse: %w", err)
 	}
 	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,max_read=%d,allow_other,default_permissions", fd, opts.MaxWrite)
-	var flags uintptr
+	flags := uintptr(unix.MS_NOATIME) // see Mount
 	if readOnly {
 		flags |= unix.MS_RDONLY
 	}

@@ -109,31 +109,7 @@ func TestMountPassthroughNeverWritesLowers(t *testing.T) {
 	before := mcSha(t, d[0])
 
 	// A foreground daemon with --debug, so the test reads its requests.
-	logPath := filepath.Join(base, "daemon.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	daemon := exec.Command(layerfsBin, "mount", "--driver", "fuse", "--foreground", "--debug", "--lower", d[0], "--upper", d[1], d[2])
-	daemon.Stdout, daemon.Stderr = logf, logf
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		exec.Command(layerfsBin, "umount", "--lazy", d[2]).Run()
-		daemon.Wait()
-		logf.Close()
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if m, ok := mcFind(t, d[2]); ok && m.Alive {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the foreground daemon did not start serving")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	logPath, daemon := mcDebugMount(t, d[0], d[1], d[2])
 
 	// fd 3 stays open read-only on the lower file while dd opens it for
 	// writing and overwrites its start; then everything is read back.
@@ -174,6 +150,39 @@ func TestMountPassthroughNeverWritesLowers(t *testing.T) {
 	}
 	if !strings.Contains(string(log), "PASSTHROUGH") {
 		t.Errorf("the kernel did not negotiate passthrough")
+	}
+}
+
+// mcDebugMount starts `layerfs mount --driver fuse --foreground --debug`
+// of lower and upper at mnt, its log (every FUSE request) at the path
+// returned, and waits until it serves. The caller unmounts and waits for
+// the daemon; a cleanup does both lazily in any case.
+func mcDebugMount(t *testing.T, lower, upper, mnt string) (string, *exec.Cmd) {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "daemon.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	daemon := exec.Command(layerfsBin, "mount", "--driver", "fuse", "--foreground", "--debug", "--lower", lower, "--upper", upper, mnt)
+	daemon.Stdout, daemon.Stderr = logf, logf
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		exec.Command(layerfsBin, "umount", "--lazy", mnt).Run()
+		daemon.Wait()
+		logf.Close()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m, ok := mcFind(t, mnt); ok && m.Alive {
+			return logPath, daemon
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the foreground daemon did not start serving")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
