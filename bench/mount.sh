@@ -423,16 +423,29 @@ check_walk() {  # WHAT EXPECTED-ENTRIES: the walker's output in $WORK/out
   [[ $got == "$2" ]] || warn "$1: the walk saw $got entries, want $2 (wrong result: figure not comparable)"
 }
 
+# mount_fresh CFG LOWER: a fresh mount of CFG over LOWER at $S/m;
+# PID is its daemon's (- for the kernel's overlayfs)
+mount_fresh() {
+  PID=-
+  union_mount "$1" "$S/m" "$S/u" "$S/w" "$2"
+  [[ $1 == kovl ]] || PID=$(daemon_pid "$1" "$S/m") || die "$1: no daemon found for $S/m"
+}
+
+# empty_target CFG: after fresh, an empty place for CFG to write in, in T (a dir on
+# native, else a fresh mount over an empty lower); PID as for mount_fresh
+empty_target() {
+  fresh
+  if [[ $1 == native ]]; then
+    PID=- T=$S/n; mkdir -p "$T"
+  else
+    T=$S/m; mount_fresh "$1" "$EMPTY"
+  fi
+}
+
 # untar CFG
 untar() {
   local cfg=$1 t pid=-
-  fresh
-  if [[ $cfg == native ]]; then
-    t=$S/n; mkdir -p "$t"
-  else
-    t=$S/m; union_mount "$cfg" "$t" "$S/u" "$S/w" "$EMPTY"
-    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
-  fi
+  empty_target "$cfg"; t=$T pid=$PID
   cat "$TARBALL" >/dev/null   # the tar itself comes from the page cache
   sync
   timed untar "$cfg" "$pid" tar -C "$t" -xf "$TARBALL" || warn "untar $cfg: tar failed"
@@ -449,8 +462,7 @@ statread() {
   if [[ $cfg == native ]]; then
     t=$TREE
   else
-    t=$S/m; union_mount "$cfg" "$t" "$S/u" "$S/w" "$TREE"
-    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
+    t=$S/m; mount_fresh "$cfg" "$TREE"; pid=$PID
   fi
   drop_caches
   timed stat-cold "$cfg" "$pid" "$WALK" stat "$t" || warn "stat-cold $cfg: the walk failed"; check_walk "stat cold $cfg" "$TREE_ENTRIES"
@@ -460,8 +472,7 @@ statread() {
   if [[ $cfg != native ]]; then
     union_umount "$cfg" "$t"
     rm -rf "$S"; fresh
-    union_mount "$cfg" "$t" "$S/u" "$S/w" "$TREE"
-    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
+    mount_fresh "$cfg" "$TREE"; pid=$PID
   fi
   timed read-warm "$cfg" "$pid" "$WALK" read "$t" || warn "read-warm $cfg: the walk failed"; check_walk "read warm $cfg" "$TREE_ENTRIES"
   if [[ $cfg != native ]]; then
@@ -478,8 +489,7 @@ dpkg_install() {
   if [[ $cfg == native ]]; then
     t=$S/n; cp -a "$ROOTFS" "$t"
   else
-    t=$S/m; union_mount "$cfg" "$t" "$S/u" "$S/w" "$ROOTFS"
-    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
+    t=$S/m; mount_fresh "$cfg" "$ROOTFS"; pid=$PID
   fi
   sync
   if ! DEBIAN_FRONTEND=noninteractive timed dpkg "$cfg" "$pid" dpkg --root="$t" -i "${DEBS[@]}" 2>"$WORK/dpkg.err"; then
@@ -496,13 +506,7 @@ dpkg_install() {
 # debootstrap_run CFG
 debootstrap_run() {
   local cfg=$1 t pid=-
-  fresh
-  if [[ $cfg == native ]]; then
-    t=$S/n; mkdir -p "$t"
-  else
-    t=$S/m; union_mount "$cfg" "$t" "$S/u" "$S/w" "$EMPTY"
-    [[ $cfg == kovl ]] || pid=$(daemon_pid "$cfg" "$t") || die "$cfg: no daemon found for $t"
-  fi
+  empty_target "$cfg"; t=$T pid=$PID
   sync
   if ! timed debootstrap "$cfg" "$pid" debootstrap --variant=minbase --unpack-tarball="$DBS_TARBALL" "$SUITE" "$t" "$MIRROR" 2>"$WORK/dbs.err"; then
     tail -20 "$WORK/out" "$WORK/dbs.err" "$t/debootstrap/debootstrap.log" >&2 2>/dev/null || true

@@ -153,24 +153,24 @@ func (d *noOpendirFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse
 }
 
 func (d *noOpendirFS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	if in.Fh != 0 {
-		return d.RawFileSystem.ReadDir(cancel, in, out)
-	}
-	return d.withHandle(cancel, &in.InHeader, func(fh uint64) fuse.Status {
-		in2 := *in
-		in2.Fh = fh
-		return d.RawFileSystem.ReadDir(cancel, &in2, out)
-	})
+	return d.read(cancel, in, out, d.RawFileSystem.ReadDir)
 }
 
 func (d *noOpendirFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return d.read(cancel, in, out, d.RawFileSystem.ReadDirPlus)
+}
+
+// read serves a READDIR or READDIRPLUS: through the kernel's handle where
+// it has one (a kernel that does not offer FUSE_NO_OPENDIR_SUPPORT), else
+// through one of its own.
+func (d *noOpendirFS) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, read func(<-chan struct{}, *fuse.ReadIn, *fuse.DirEntryList) fuse.Status) fuse.Status {
 	if in.Fh != 0 {
-		return d.RawFileSystem.ReadDirPlus(cancel, in, out)
+		return read(cancel, in, out)
 	}
 	return d.withHandle(cancel, &in.InHeader, func(fh uint64) fuse.Status {
 		in2 := *in
 		in2.Fh = fh
-		return d.RawFileSystem.ReadDirPlus(cancel, &in2, out)
+		return read(cancel, &in2, out)
 	})
 }
 
