@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -38,6 +39,10 @@ type Options struct {
 	// that is thrown away when its job dies and synced once, whole, when
 	// it is kept (a build's, into the cache).
 	NoSync bool
+	// Daemon says that the process serves this mount and nothing else:
+	// Mount then gives the Go runtime the processors serving wants (see
+	// Mount).
+	Daemon bool
 }
 
 // DefaultWorkdir is a hidden sibling of the upper: on its filesystem, and
@@ -183,6 +188,19 @@ func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	if opts.Daemon {
+		// go-fuse reads requests on as many threads as GOMAXPROCS (at
+		// least 2), each blocked in read(2) on /dev/fuse between requests.
+		// With no processor idle, the Go runtime's sysmon takes the
+		// processor of a thread blocked for longer than 20 µs and wakes
+		// another thread to hold it, which finds nothing to do: a thread
+		// wakeup, often on the other CPU, for every request. Two
+		// processors more than readers leave one idle, and the readers
+		// keep theirs (BENCHMARKS.md, issue 14: an untar 13.4 s -> 11.8 s,
+		// the daemon's CPU -20%). The readers were counted by NewServer,
+		// before this.
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 2)
 	}
 	// The root's layer objects are inode 1.
 	if o, err := u.Lookup(""); err == nil {
