@@ -39,11 +39,11 @@ type Options struct {
 	// that is thrown away when its job dies and synced once, whole, when
 	// it is kept (a build's, into the cache).
 	NoSync bool
-	// Daemon says that the process serves this mount and nothing else:
-	// Mount then gives the Go runtime the processors serving wants (see
-	// Mount).
-	Daemon bool
 }
+
+// minServeProcs is the fewest Go processors a process serving a FUSE
+// mount runs with (see Mount).
+const minServeProcs = 4
 
 // DefaultWorkdir is a hidden sibling of the upper: on its filesystem, and
 // never inside it.
@@ -124,6 +124,19 @@ func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 	if err := clearStale(mountpoint); err != nil {
 		return nil, err
 	}
+	// go-fuse reads requests on up to GOMAXPROCS threads (at least 2);
+	// between requests the two a sequential client keeps busy are blocked
+	// in read(2) on /dev/fuse. With no processor idle (GOMAXPROCS 2 on a
+	// 2-CPU machine), the Go runtime's sysmon takes the processor of a
+	// thread blocked for longer than 20 µs and wakes another thread to
+	// hold it, which finds nothing to do: a thread wakeup, often on the
+	// other CPU, for every request. With processors to spare the readers
+	// keep theirs (BENCHMARKS.md, issue 14: an untar 13.4 s -> 11.8 s, the
+	// daemon's CPU per request -20%). Never lowered: a larger machine has
+	// them already.
+	if runtime.GOMAXPROCS(0) < minServeProcs {
+		runtime.GOMAXPROCS(minServeProcs)
+	}
 	// Creating files with exactly the modes asked for: the kernel has
 	// already applied the caller's umask.
 	syscall.Umask(0)
@@ -188,19 +201,6 @@ func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
-	}
-	if opts.Daemon {
-		// go-fuse reads requests on as many threads as GOMAXPROCS (at
-		// least 2), each blocked in read(2) on /dev/fuse between requests.
-		// With no processor idle, the Go runtime's sysmon takes the
-		// processor of a thread blocked for longer than 20 µs and wakes
-		// another thread to hold it, which finds nothing to do: a thread
-		// wakeup, often on the other CPU, for every request. Two
-		// processors more than readers leave one idle, and the readers
-		// keep theirs (BENCHMARKS.md, issue 14: an untar 13.4 s -> 11.8 s,
-		// the daemon's CPU -20%). The readers were counted by NewServer,
-		// before this.
-		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 2)
 	}
 	// The root's layer objects are inode 1.
 	if o, err := u.Lookup(""); err == nil {

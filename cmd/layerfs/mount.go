@@ -479,7 +479,6 @@ func (c *mountCmd) serve(e *env, o fs.Options) error {
 		defer img.Release()
 		o.Lowers = append(img.Rootfs, o.Lowers...)
 	}
-	o.Daemon = true // this process serves the mount and nothing else
 	srv, err := fs.Mount(c.Mountpoint, o)
 	if err != nil {
 		err = fmt.Errorf("mount %s: %w", c.Mountpoint, err)
