@@ -1,0 +1,37 @@
+package fs
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/layerfs/layerfs/internal/testutil"
+)
+
+// A process that serves a FUSE mount runs with spare Go processors, so
+// that the readers blocked on /dev/fuse keep theirs (see Mount); a
+// second mount in the same process adds none.
+func TestMountGivesServingProcessors(t *testing.T) {
+	testutil.RequireRoot(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	base := t.TempDir()
+	for i, want := range []int{minServeProcs, minServeProcs} {
+		lower, mnt := filepath.Join(base, "lower"), filepath.Join(base, "mnt"+string(rune('0'+i)))
+		for _, d := range []string{lower, mnt} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		srv, err := Mount(mnt, Options{Lowers: []string{lower}})
+		if err != nil {
+			t.Fatalf("mount %d: %v", i, err)
+		}
+		if got := runtime.GOMAXPROCS(0); got != want {
+			t.Errorf("after mount %d GOMAXPROCS is %d, want %d", i, got, want)
+		}
+		if err := srv.Unmount(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
