@@ -19,10 +19,10 @@ import (
 // noOpendirFS) neither repeats nor skips an entry that stayed, as POSIX
 // asks of readdir.
 type dirHandle struct {
-	n    *node
-	rel  string
-	ents []fuse.DirEntry
-	pos  int
+	n   *node
+	rel string
+	l   *dirListing
+	pos int
 }
 
 var (
@@ -66,47 +66,67 @@ func nameCookie(name string) uint64 {
 	return c
 }
 
+// dirListing is a directory's listing as dirHandle serves it, and the
+// union's EntriesGen when it was made.
+type dirListing struct {
+	gen  uint64
+	ents []fuse.DirEntry // read only: handles share it
+}
+
+// load takes the directory's listing: the one the node keeps if no entry
+// changed since it was made, else a new one. Without OPENDIR each READDIR
+// of a directory comes with a handle of its own (noOpendirFS), and a
+// large directory takes hundreds: each making the whole listing again
+// would make reading it quadratic (20,000 entries: 2.9 s instead of 0.3).
+// The node keeps a listing until a read of it reaches the end.
 func (d *dirHandle) load() syscall.Errno {
+	gen := d.n.fsys.u.EntriesGen() // before reading: a change meanwhile makes it stale
+	if l := d.n.listing.Load(); l != nil && l.gen == gen {
+		d.l, d.pos = l, 0
+		return 0
+	}
 	ents, err := d.n.fsys.u.ReadDir(d.rel)
 	if err != nil {
 		return errno(err)
 	}
-	d.ents = make([]fuse.DirEntry, 0, len(ents)+2)
+	list := make([]fuse.DirEntry, 0, len(ents)+2)
 	parentIno := d.n.StableAttr().Ino
 	if _, p := d.n.Parent(); p != nil {
 		parentIno = p.StableAttr().Ino
 	}
 	for _, e := range ents {
-		d.ents = append(d.ents, fuse.DirEntry{
+		list = append(list, fuse.DirEntry{
 			Name: e.Name,
 			Mode: e.Mode,
 			Ino:  d.n.fsys.inos.get(inoKey{e.Layer, e.Ino}).ino,
 			Off:  nameCookie(e.Name),
 		})
 	}
-	slices.SortFunc(d.ents, func(a, b fuse.DirEntry) int {
+	slices.SortFunc(list, func(a, b fuse.DirEntry) int {
 		return cmp.Or(cmp.Compare(a.Off, b.Off), cmp.Compare(a.Name, b.Name))
 	})
 	// Two names of one directory with the same 63 bits (a chance of one
 	// in 2^63 per pair) get neighbouring offsets: the listing stays
 	// whole, only their offsets are not stable.
-	for i := 1; i < len(d.ents); i++ {
-		if d.ents[i].Off <= d.ents[i-1].Off {
-			d.ents[i].Off = d.ents[i-1].Off + 1
+	for i := 1; i < len(list); i++ {
+		if list[i].Off <= list[i-1].Off {
+			list[i].Off = list[i-1].Off + 1
 		}
 	}
-	d.ents = slices.Insert(d.ents, 0,
+	list = slices.Insert(list, 0,
 		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: d.n.StableAttr().Ino, Off: dotCookie},
 		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno, Off: dotDotCookie})
-	d.pos = 0
+	d.l, d.pos = &dirListing{gen: gen, ents: list}, 0
+	d.n.listing.Store(d.l)
 	return 0
 }
 
 func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	if d.pos >= len(d.ents) {
+	if d.pos >= len(d.l.ents) {
+		d.n.listing.CompareAndSwap(d.l, nil)
 		return nil, 0
 	}
-	e := &d.ents[d.pos]
+	e := &d.l.ents[d.pos]
 	d.pos++
 	return e, 0
 }
@@ -117,7 +137,7 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == 0 {
 		return d.load()
 	}
-	d.pos, _ = slices.BinarySearchFunc(d.ents, off+1, func(e fuse.DirEntry, t uint64) int { return cmp.Compare(e.Off, t) })
+	d.pos, _ = slices.BinarySearchFunc(d.l.ents, off+1, func(e fuse.DirEntry, t uint64) int { return cmp.Compare(e.Off, t) })
 	return 0
 }
 

@@ -117,7 +117,6 @@ func Mount(mountpoint string, opts Options) (_ *Server, err error) {
 		// new file, which must not inherit its identity.
 		OnGone: func(o overlay.Object) { fsys.inos.forget(inoKey{o.Layer, o.Stat.Ino}) }})
 	if err != nil {
-		u = nil
 		return nil, inputerr.Wrap(err) // the layer dirs given are not usable as such
 	}
 	fsys.u = u

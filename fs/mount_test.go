@@ -16,8 +16,9 @@ func TestMountGivesServingProcessors(t *testing.T) {
 	testutil.RequireRoot(t)
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
 	base := t.TempDir()
-	for i, want := range []int{minServeProcs, minServeProcs} {
-		lower, mnt := filepath.Join(base, "lower"), filepath.Join(base, "mnt"+string(rune('0'+i)))
+	lower := filepath.Join(base, "lower")
+	for _, mnt := range []string{"mnt1", "mnt2"} {
+		mnt = filepath.Join(base, mnt)
 		for _, d := range []string{lower, mnt} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				t.Fatal(err)
@@ -25,10 +26,10 @@ func TestMountGivesServingProcessors(t *testing.T) {
 		}
 		srv, err := Mount(mnt, Options{Lowers: []string{lower}})
 		if err != nil {
-			t.Fatalf("mount %d: %v", i, err)
+			t.Fatalf("mount %s: %v", mnt, err)
 		}
-		if got := runtime.GOMAXPROCS(0); got != want {
-			t.Errorf("after mount %d GOMAXPROCS is %d, want %d", i, got, want)
+		if got := runtime.GOMAXPROCS(0); got != minServeProcs {
+			t.Errorf("after mounting %s GOMAXPROCS is %d, want %d", mnt, got, minServeProcs)
 		}
 		if err := srv.Unmount(); err != nil {
 			t.Fatal(err)

@@ -56,6 +56,10 @@ type node struct {
 	backingLower bool
 	// staled: this node already sent an open back with ESTALE (file.go).
 	staled bool
+
+	// listing is this directory's last listing, while a read of it is
+	// under way (dir.go).
+	listing atomic.Pointer[dirListing]
 }
 
 var (

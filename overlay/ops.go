@@ -126,8 +126,7 @@ func (u *Union) chmod(p at, mode uint32) error {
 
 // Create creates and opens a regular file.
 func (u *Union) Create(rel string, flags int, mode uint32, owner Owner) (int, Object, error) {
-	u.ns.Lock()
-	defer u.ns.Unlock()
+	defer u.lockEntries()()
 	owner, mode, overWh, err := u.prepareCreate(rel, owner, mode|unix.S_IFREG)
 	if err != nil {
 		return -1, Object{}, err
@@ -182,8 +181,7 @@ func (u *Union) Symlink(target, rel string, owner Owner) (Object, error) {
 // whiteout, in the workdir first and then moved over it (see place). rm
 // undoes mk after a failure.
 func (u *Union) create(rel string, mode uint32, owner Owner, mk, rm func(at) error) (Object, error) {
-	u.ns.Lock()
-	defer u.ns.Unlock()
+	defer u.lockEntries()()
 	owner, mode, overWh, err := u.prepareCreate(rel, owner, mode)
 	if err != nil {
 		return Object{}, err
@@ -214,8 +212,7 @@ func (u *Union) create(rel string, mode uint32, owner Owner, mk, rm func(at) err
 
 // Link makes newRel a hardlink of oldRel, copying oldRel up first.
 func (u *Union) Link(oldRel, newRel string) (Object, error) {
-	u.ns.Lock()
-	defer u.ns.Unlock()
+	defer u.lockEntries()()
 	if err := u.writable(); err != nil {
 		return Object{}, err
 	}
@@ -317,8 +314,7 @@ func (u *Union) removable(rel string, dir bool) (Object, error) {
 
 // Unlink removes a non-directory.
 func (u *Union) Unlink(rel string) error {
-	u.ns.Lock()
-	defer u.ns.Unlock()
+	defer u.lockEntries()()
 	o, err := u.removable(rel, false)
 	if err != nil {
 		return err
@@ -336,8 +332,7 @@ func (u *Union) Unlink(rel string) error {
 // Rmdir removes an empty directory: empty in the merged view, whatever
 // whiteouts its upper part holds.
 func (u *Union) Rmdir(rel string) error {
-	u.ns.Lock()
-	defer u.ns.Unlock()
+	defer u.lockEntries()()
 	o, err := u.removable(rel, true)
 	if err != nil {
 		return err
@@ -406,8 +401,7 @@ func (u *Union) lowerDirUnder(rel string, o Object) (bool, error) {
 // EXCHANGE. A directory with contents in the lowers gives EXDEV, as the
 // kernel without redirect_dir does (mv then copies).
 func (u *Union) Rename(oldRel, newRel string, flags uint) error {
-	u.ns.Lock()
-	defer u.ns.Unlock()
+	defer u.lockEntries()()
 	if err := u.writable(); err != nil {
 		return err
 	}

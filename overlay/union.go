@@ -34,7 +34,10 @@ type Union struct {
 	// recordChowns: see UnionOptions.RecordChowns.
 	recordChowns bool
 	ns           sync.RWMutex
-	tmpSeq       atomic.Uint64
+	// entriesGen counts the changes to the entries of any directory (see
+	// EntriesGen).
+	entriesGen atomic.Uint64
+	tmpSeq     atomic.Uint64
 	// onCopyUp hears of each copy-up: the object is served by another
 	// layer file now, and stat may say other things of it (a copied-up
 	// directory is a merged one).
@@ -488,6 +491,21 @@ type DirEntry struct {
 	Layer int
 	Ino   uint64 // in the serving layer's filesystem
 }
+
+// lockEntries takes the namespace for an operation that adds or removes
+// entries, and the returned func gives it back, as the change is made.
+func (u *Union) lockEntries() (unlock func()) {
+	u.ns.Lock()
+	return func() {
+		u.entriesGen.Add(1)
+		u.ns.Unlock()
+	}
+}
+
+// EntriesGen changes whenever an entry is added to, removed from or
+// renamed in any directory of the union: a listing made while it had one
+// value is the listing for as long as it keeps it.
+func (u *Union) EntriesGen() uint64 { return u.entriesGen.Load() }
 
 // ReadDir lists the merged directory rel, sorted by name, without
 // whiteouts and markers.

@@ -147,3 +147,43 @@ func TestRemoveMissingXattrDoesNotCopyUp(t *testing.T) {
 		t.Errorf("a failed removexattr copied the file up")
 	}
 }
+
+// EntriesGen changes with every operation that adds, removes or renames
+// an entry, and with nothing else: a listing made under one value stays
+// the directory's listing while it holds.
+func TestEntriesGen(t *testing.T) {
+	testutil.RequireRoot(t)
+	u, _ := newUnion(t, tree(t).File("d/f", "data").File("d/g", "more"))
+	defer u.Close()
+	step := func(what string, changes bool, op func() error) {
+		t.Helper()
+		before := u.EntriesGen()
+		if err := op(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got := u.EntriesGen() != before; got != changes {
+			t.Errorf("%s: EntriesGen changed %v, want %v", what, got, changes)
+		}
+	}
+	mode := uint32(0o600)
+	step("create", true, func() error {
+		fd, _, err := u.Create("d/new", unix.O_WRONLY, 0o644, Owner{})
+		unix.Close(fd)
+		return err
+	})
+	step("mkdir", true, func() error { _, err := u.Mkdir("d/sub", 0o755, Owner{}); return err })
+	step("symlink", true, func() error { _, err := u.Symlink("f", "d/ln", Owner{}); return err })
+	step("link", true, func() error { _, err := u.Link("d/new", "d/hard"); return err })
+	step("rename", true, func() error { return u.Rename("d/hard", "d/hard2", 0) })
+	step("unlink of a lower file", true, func() error { return u.Unlink("d/f") })
+	step("rmdir", true, func() error { return u.Rmdir("d/sub") })
+	step("chmod of a lower file (a copy-up)", false, func() error { _, err := u.Setattr("d/g", Attr{Mode: &mode}); return err })
+	step("xattr", false, func() error { return u.SetXattr("d/g", "user.k", []byte("v"), 0) })
+	step("lookup and listing", false, func() error {
+		if _, err := u.Lookup("d/g"); err != nil {
+			return err
+		}
+		_, err := u.ReadDir("d")
+		return err
+	})
+}
