@@ -286,18 +286,69 @@ func mountDirect(mountpoint string, raw fuse.RawFileSystem, root *node, opts *go
 // pollHack makes the kernel ask the daemon to poll a file of the mount,
 // which go-fuse answers ENOSYS: from then on the kernel never asks again.
 // The file is pollName, a node of the root that exists only meanwhile and
-// is opened without flush (see mountDirect).
+// is opened without flush (see mountDirect). The OPEN and POLL go from
+// this process to its own daemon, so they are made outside (see outside).
 func pollHack(mountpoint string, root *node) error {
 	name := fmt.Sprintf(".layerfs-poll-%d-%d", os.Getpid(), time.Now().UnixNano())
 	root.fsys.pollName.Store(&name)
 	defer root.fsys.pollName.Store(nil)
-	fd, err := unix.Open(filepath.Join(mountpoint, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("poll setup: %w", err)
+	return outside(func() error {
+		fd, err := unix.Open(filepath.Join(mountpoint, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("poll setup: %w", err)
+		}
+		unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		unix.Close(fd)
+		return nil
+	})
+}
+
+// outsider is one OS thread of this process with a descriptor table of
+// its own, holding nothing. A request this process makes to its own FUSE
+// mount, if the process is killed (kill -9) while the request is with the
+// daemon, waits for an answer forever: the daemon is gone, and the
+// waiting thread keeps the /dev/fuse descriptor open, so the kernel never
+// ends the connection and the process never exits. Made from outsider,
+// the request holds no such descriptor: the rest of the process exits,
+// the connection ends, and so does the wait. One thread for the process,
+// which never exits: a thread that exits would take with it the children
+// it had started that asked for a signal at their parent's death
+// (Pdeathsig, as the sandbox's), hence the package-level state.
+var outsider struct {
+	once sync.Once
+	err  error
+	work chan func()
+}
+
+// outside runs f on the outsider thread, and returns its error. f makes
+// raw system calls only (no os.File, no timer): the Go runtime's own
+// descriptors are not in that thread's table.
+func outside(f func() error) error {
+	outsider.once.Do(func() {
+		outsider.work = make(chan func())
+		ready := make(chan error)
+		go func() {
+			runtime.LockOSThread() // for good: the thread is this goroutine's
+			err := unix.Unshare(unix.CLONE_FILES)
+			if err == nil {
+				err = unix.CloseRange(0, ^uint(0), 0)
+			}
+			ready <- err
+			if err != nil {
+				return
+			}
+			for w := range outsider.work {
+				w()
+			}
+		}()
+		outsider.err = <-ready
+	})
+	if outsider.err != nil {
+		return fmt.Errorf("a thread with descriptors of its own: %w", outsider.err)
 	}
-	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-	unix.Close(fd)
-	return nil
+	done := make(chan error, 1)
+	outsider.work <- func() { done <- f() }
+	return <-done
 }
 
 // pollNode is the file pollHack polls.
