@@ -2,9 +2,6 @@ package oci
 
 import (
 	"archive/tar"
-	"bufio"
-	"bytes"
-	"compress/bzip2"
 	"context"
 	"errors"
 	"fmt"
@@ -19,12 +16,10 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
-	"golang.org/x/sys/unix"
-
+	"github.com/layerfs/layerfs/internal/compress"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/overlay"
+	"golang.org/x/sys/unix"
 )
 
 // Applying a layer tar: every tar is hostile.
@@ -115,9 +110,9 @@ func Apply(ctx context.Context, r io.Reader, dir string, opts ApplyOptions) (App
 		return res, err
 	}
 	if opts.Rootfs {
-		dr, err := decompressed(r)
+		dr, _, err := compress.DecompressStream(r, compress.Gzip, compress.Zstd, compress.Bzip2)
 		if err != nil {
-			return res, err
+			return res, inputerr.New("rootfs tar: %v", err)
 		}
 		defer dr.Close()
 		r = dr
@@ -1022,30 +1017,6 @@ func (a *applier) record(name string, fd int, o overlay.Override) error {
 		a.noXattrs = true
 	}
 	return nil
-}
-
-// decompressed reads r as gzip, zstd or bzip2 where its magic says so,
-// else as it is.
-func decompressed(r io.Reader) (io.ReadCloser, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
-	magic, _ := br.Peek(4)
-	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		gz, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, inputerr.New("rootfs tar: gzip: %v", err)
-		}
-		return gz, nil
-	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br)
-		if err != nil {
-			return nil, inputerr.New("rootfs tar: zstd: %v", err)
-		}
-		return zr.IOReadCloser(), nil
-	case bytes.HasPrefix(magic, []byte("BZh")):
-		return io.NopCloser(bzip2.NewReader(br)), nil
-	}
-	return io.NopCloser(br), nil
 }
 
 // xattrSetter sets one xattr on the object being applied.

@@ -2,7 +2,6 @@ package oci
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -17,13 +16,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/layerfs/layerfs/internal/compress"
 	"github.com/layerfs/layerfs/internal/ctxio"
 	"github.com/layerfs/layerfs/internal/durable"
 	"github.com/layerfs/layerfs/internal/inputerr"
@@ -117,13 +115,7 @@ func openDockerArchiveFile(ctx context.Context, p string) (*dockerArchiveSource,
 	if err != nil {
 		return nil, err
 	}
-	var magic [4]byte
-	n, _ := io.ReadFull(f, magic[:])
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if isCompressedMagic(magic[:n]) {
+	if c := compress.DetectReaderAt(f); c == compress.Gzip || c == compress.Zstd {
 		plain, err := decompressToTemp(ctx, f)
 		f.Close()
 		if err != nil {
@@ -165,30 +157,14 @@ func openDockerArchiveFile(ctx context.Context, p string) (*dockerArchiveSource,
 	return s, nil
 }
 
-func isCompressedMagic(magic []byte) bool {
-	return bytes.HasPrefix(magic, []byte{0x1f, 0x8b}) || bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd})
-}
-
 // decompressToTemp writes the decompressed r to a temp file that is
 // unlinked at once: nothing is left behind however the process ends.
 func decompressToTemp(ctx context.Context, r io.Reader) (*os.File, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
-	magic, _ := br.Peek(4)
-	var u io.Reader
-	if bytes.HasPrefix(magic, []byte{0x1f, 0x8b}) {
-		gz, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, err
-		}
-		u = gz
-	} else {
-		zr, err := zstd.NewReader(br)
-		if err != nil {
-			return nil, err
-		}
-		defer zr.Close()
-		u = zr
+	u, _, err := compress.DecompressStream(r, compress.Gzip, compress.Zstd)
+	if err != nil {
+		return nil, err
 	}
+	defer u.Close()
 	f, err := os.CreateTemp("", "layerfs-docker-archive-")
 	if err != nil {
 		return nil, err
@@ -331,13 +307,11 @@ func normalizeDockerName(s string) string {
 // already is its digest (docker 25+: blobs/sha256/HEX), also checked on
 // every read.
 func describeArchiveLayer(ctx context.Context, name string, r *io.SectionReader, diffID digest.Digest) (v1.Descriptor, error) {
-	var magic [4]byte
-	n, _ := r.ReadAt(magic[:], 0)
 	desc := v1.Descriptor{Size: r.Size()}
-	switch {
-	case bytes.HasPrefix(magic[:n], []byte{0x1f, 0x8b}):
+	switch compress.DetectReaderAt(r) {
+	case compress.Gzip:
 		desc.MediaType = v1.MediaTypeImageLayerGzip
-	case bytes.HasPrefix(magic[:n], []byte{0x28, 0xb5, 0x2f, 0xfd}):
+	case compress.Zstd:
 		desc.MediaType = v1.MediaTypeImageLayerZstd
 	default:
 		desc.MediaType, desc.Digest = v1.MediaTypeImageLayer, diffID

@@ -2,8 +2,6 @@ package oci
 
 import (
 	"archive/tar"
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,11 +15,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/layerfs/layerfs/internal/compress"
 	"github.com/layerfs/layerfs/internal/inputerr"
 )
 
@@ -401,36 +398,20 @@ func UncompressLayer(r io.ReadCloser, diffID digest.Digest) (io.ReadCloser, erro
 		r.Close()
 		return nil, inputerr.New("diff_id %q: %v", diffID, err)
 	}
-	br := bufio.NewReaderSize(r, 1<<20)
-	magic, _ := br.Peek(4)
-	var u io.Reader = br
-	var closeU func()
-	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		gz, err := gzip.NewReader(br)
-		if err != nil {
-			r.Close()
-			return nil, err
-		}
-		u = gz
-	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br)
-		if err != nil {
-			r.Close()
-			return nil, err
-		}
-		u, closeU = zr, zr.Close
+	u, _, err := compress.DecompressStream(r, compress.Gzip, compress.Zstd)
+	if err != nil {
+		r.Close()
+		return nil, err
 	}
-	return &layerReader{r: u, raw: r, closeU: closeU, want: diffID, v: diffID.Verifier()}, nil
+	return &layerReader{r: u, raw: r, want: diffID, v: diffID.Verifier()}, nil
 }
 
 type layerReader struct {
-	r      io.Reader
-	raw    io.Closer
-	closeU func()
-	want   digest.Digest
-	v      digest.Verifier
-	eof    bool
+	r    io.ReadCloser // r decompressed
+	raw  io.Closer
+	want digest.Digest
+	v    digest.Verifier
+	eof  bool
 }
 
 func (l *layerReader) Read(p []byte) (int, error) {
@@ -443,9 +424,7 @@ func (l *layerReader) Read(p []byte) (int, error) {
 }
 
 func (l *layerReader) Close() error {
-	if l.closeU != nil {
-		l.closeU()
-	}
+	l.r.Close()
 	l.raw.Close()
 	if l.eof && !l.v.Verified() {
 		return inputerr.New("layer with diff_id %s: %w", l.want, ErrDiffIDMismatch)
