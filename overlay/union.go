@@ -103,8 +103,8 @@ const UpperLayer = 0
 
 // NewUnion checks the layer dirs, opens them, and returns their union.
 // Close closes them.
-func NewUnion(o UnionOptions) (u *Union, err error) {
-	u = &Union{rootless: o.Rootless, recordChowns: o.RecordChowns, onCopyUp: o.OnCopyUp, onGone: o.OnGone, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
+func NewUnion(o UnionOptions) (_ *Union, err error) {
+	u := &Union{rootless: o.Rootless, recordChowns: o.RecordChowns, onCopyUp: o.OnCopyUp, onGone: o.OnGone, hides: map[string]hideState{}, lowerOverrides: map[inoKey]bool{}}
 	defer func() {
 		if err != nil {
 			u.Close()

@@ -3,6 +3,7 @@ package overlay
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -186,4 +187,23 @@ func TestEntriesGen(t *testing.T) {
 		_, err := u.ReadDir("d")
 		return err
 	})
+}
+
+// A union that cannot be opened is an error naming the dir, with every
+// descriptor opened so far closed (NewUnion closed a nil union once).
+func TestNewUnionRefusesMissingDirs(t *testing.T) {
+	base := t.TempDir()
+	lower, upper := filepath.Join(base, "lower"), filepath.Join(base, "upper")
+	os.Mkdir(lower, 0o755)
+	os.Mkdir(upper, 0o755)
+	missing := filepath.Join(base, "missing")
+	for _, o := range []UnionOptions{
+		{Lowers: []string{lower, missing}},
+		{Lowers: []string{lower}, Upper: upper, Work: missing},
+	} {
+		u, err := NewUnion(o)
+		if err == nil || u != nil || !strings.Contains(err.Error(), missing) {
+			t.Errorf("NewUnion(%+v) = %v, %v; want an error naming %s", o, u, err, missing)
+		}
+	}
 }
