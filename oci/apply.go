@@ -917,18 +917,7 @@ func (a *applier) whiteout(name, dir, target string) error {
 		return err
 	}
 	defer pf.Close()
-	pfd := int(pf.Fd())
-	// Linux lets anyone make a 0:0 whiteout since 5.8; where it refuses,
-	// a .wh.NAME file is the marker the union reads instead.
-	err = unix.Mknodat(pfd, target, unix.S_IFCHR, 0)
-	if err == unix.EPERM {
-		var fd int
-		fd, err = unix.Openat(pfd, overlay.WhiteoutPrefix+target, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err == nil {
-			unix.Close(fd)
-		}
-	}
-	if err != nil {
+	if _, err := overlay.WriteWhiteout(int(pf.Fd()), target); err != nil {
 		return fsError(name, &os.PathError{Op: "mknodat", Path: rel, Err: err})
 	}
 	a.seen[rel] = kindWhiteout
@@ -956,11 +945,7 @@ func (a *applier) opaque(name, dir string) error {
 		return err
 	}
 	defer f.Close()
-	xattr := "trusted.overlay.opaque"
-	if a.rootless {
-		xattr = "user.overlay.opaque"
-	}
-	err = unix.Fsetxattr(int(f.Fd()), xattr, []byte("y"), 0)
+	err = unix.Fsetxattr(int(f.Fd()), overlay.OpaqueXattr(a.rootless), []byte(overlay.OpaqueValue), 0)
 	if err != nil && a.rootless && (err == unix.ENOTSUP || err == unix.EPERM) {
 		// No user xattrs on this filesystem: the AUFS marker file, which
 		// the union reads too.

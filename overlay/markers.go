@@ -34,6 +34,40 @@ var unsupportedXattrs = [...]string{
 // xwhiteout xattrs (Linux 6.7+, composefs) turn a regular file into a whiteout.
 var whiteoutXattrs = [...]string{"trusted.overlay.whiteout", "user.overlay.whiteout"}
 
+// Markers written: every reader accepts each variant above, and every
+// writer (the union, the layer-tar applier) writes these.
+
+// WriteWhiteout makes path, relative to the directory open as dirfd, a
+// whiteout: a 0:0 character device, which Linux lets anyone make since
+// 5.8, or, where the process may not make one, a .wh.NAME file beside it.
+// aufs says the file was written.
+func WriteWhiteout(dirfd int, path string) (aufs bool, err error) {
+	err = unix.Mknodat(dirfd, path, unix.S_IFCHR, 0)
+	if err != unix.EPERM {
+		return false, err
+	}
+	dir, name := Split(path)
+	fd, err := unix.Openat(dirfd, Join(dir, WhiteoutPrefix+name), unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return true, err
+	}
+	return true, unix.Close(fd)
+}
+
+// OpaqueXattr is the xattr that marks a directory opaque, set to
+// OpaqueValue: the kernel's own, or for a process without
+// CAP_SYS_ADMIN, which may not write trusted.*, the user.* name that
+// overlayfs's userxattr mounts and containers/storage read.
+func OpaqueXattr(rootless bool) string {
+	if rootless {
+		return opaqueXattrs[1]
+	}
+	return opaqueXattrs[0]
+}
+
+// OpaqueValue is the value OpaqueXattr is set to.
+const OpaqueValue = "y"
+
 // ErrUnsupportedUpper reports an upper that uses overlayfs redirect_dir or
 // metacopy.
 var ErrUnsupportedUpper = errors.New("upper uses overlayfs redirect_dir or metacopy, which a layer cannot express; mount with redirect_dir=off,metacopy=off")

@@ -85,11 +85,7 @@ func (u *Union) place(tmp at, rel string, overWhiteout, isDir bool) error {
 }
 
 func (u *Union) setOpaque(p at) error {
-	name := "trusted.overlay.opaque"
-	if u.rootless {
-		name = "user.overlay.opaque"
-	}
-	return p.setxattr(name, []byte("y"), 0)
+	return p.setxattr(OpaqueXattr(u.rootless), []byte(OpaqueValue), 0)
 }
 
 // finish gives a new object its owner and mode.
@@ -244,20 +240,15 @@ func (u *Union) Link(oldRel, newRel string) (Object, error) {
 	return u.lookup(newRel)
 }
 
-// whiteout makes the upper hide rel: a 0:0 device, or where the process
-// may not create one, a .wh. file.
+// whiteout makes the upper hide rel (see WriteWhiteout).
 func (u *Union) whiteout(rel string) error {
-	err := u.upperAt(rel).mknod(unix.S_IFCHR, 0)
-	if err == unix.EPERM {
-		pdir, name := Split(rel)
-		fd, ferr := u.upperAt(Join(pdir, WhiteoutPrefix+name)).open(unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o600)
-		if ferr != nil {
-			return ferr
+	return u.upperAt(rel).do(func(d int, p string) error {
+		aufs, err := WriteWhiteout(d, p)
+		if aufs && err == nil {
+			u.aufsWhiteouts.Store(true)
 		}
-		u.aufsWhiteouts.Store(true)
-		return unix.Close(fd)
-	}
-	return err
+		return err
+	})
 }
 
 // removeUpper removes the upper object o at rel, leaving a whiteout when
