@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -392,24 +391,9 @@ func cleanEntryName(name string) (string, error) {
 	if name == "" {
 		return "", reject(name, "empty name")
 	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", reject(name, "NUL in name")
-	}
-	for el := range strings.SplitSeq(name, "/") {
-		if el == ".." {
-			return "", reject(name, "path leaves the layer root")
-		}
-	}
-	rel := strings.TrimPrefix(path.Clean("/"+name), "/")
-	// PATH_MAX and NAME_MAX: a longer path cannot be used in one system
-	// call, so the union could not serve it.
-	if len(rel) >= unix.PathMax {
-		return "", reject(name, "name longer than PATH_MAX (%d bytes)", len(rel))
-	}
-	for el := range strings.SplitSeq(rel, "/") {
-		if len(el) > 255 {
-			return "", reject(name, "path component longer than NAME_MAX")
-		}
+	rel, refused := layerPath(name)
+	if refused != "" {
+		return "", reject(name, "%s", refused)
 	}
 	return rel, nil
 }
@@ -771,15 +755,10 @@ func (a *applier) hardlink(hdr *tar.Header, rel string) error {
 	if hdr.Linkname == "" {
 		return reject(name, "hardlink with an empty target")
 	}
-	if strings.IndexByte(hdr.Linkname, 0) >= 0 {
-		return reject(name, "NUL in hardlink target")
+	target, refused := layerPath(hdr.Linkname)
+	if refused != "" {
+		return reject(name, "hardlink target %q: %s", hdr.Linkname, refused)
 	}
-	for el := range strings.SplitSeq(hdr.Linkname, "/") {
-		if el == ".." {
-			return reject(name, "hardlink target %q leaves the layer root", hdr.Linkname)
-		}
-	}
-	target := strings.TrimPrefix(path.Clean("/"+hdr.Linkname), "/")
 	k, ok := a.seen[target]
 	switch {
 	case !ok:

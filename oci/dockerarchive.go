@@ -75,7 +75,7 @@ func (s *dockerArchiveSource) Close() error            { return s.f.Close() }
 // file returns the archive member name, following symlinks within the
 // archive (relative to the link's directory, as tar extraction would).
 func (s *dockerArchiveSource) file(name string) (*io.SectionReader, error) {
-	name = cleanArchiveMember(name)
+	name = archivePath(name)
 	for range 16 {
 		if r, ok := s.files[name]; ok {
 			return r, nil
@@ -85,18 +85,12 @@ func (s *dockerArchiveSource) file(name string) (*io.SectionReader, error) {
 			return nil, fmt.Errorf("no %s in the archive: %w", name, fs.ErrNotExist)
 		}
 		if path.IsAbs(target) {
-			name = cleanArchiveMember(target)
+			name = archivePath(target)
 		} else {
-			name = cleanArchiveMember(path.Join(path.Dir(name), target))
+			name = archivePath(path.Join(path.Dir(name), target))
 		}
 	}
 	return nil, fmt.Errorf("%s: too many levels of symbolic links in the archive", name)
-}
-
-// cleanArchiveMember makes a tar member name comparable: no leading "./" or "/",
-// no "..", which cannot climb above the archive's root.
-func cleanArchiveMember(name string) string {
-	return strings.TrimPrefix(path.Clean("/"+name), "/")
 }
 
 func (s *dockerArchiveSource) readFile(name string, limit int64) ([]byte, error) {
@@ -136,7 +130,7 @@ func openDockerArchiveFile(ctx context.Context, p string) (*dockerArchiveSource,
 			f.Close()
 			return nil, inputerr.New("%s: not a docker archive: %v", p, err)
 		}
-		name := cleanArchiveMember(hdr.Name)
+		name := archivePath(hdr.Name)
 		switch hdr.Typeflag {
 		case tar.TypeReg:
 			off, err := f.Seek(0, io.SeekCurrent)
@@ -150,7 +144,7 @@ func openDockerArchiveFile(ctx context.Context, p string) (*dockerArchiveSource,
 			s.links[name] = hdr.Linkname
 			delete(s.files, name)
 		case tar.TypeLink:
-			s.links[name] = "/" + cleanArchiveMember(hdr.Linkname)
+			s.links[name] = "/" + archivePath(hdr.Linkname)
 			delete(s.files, name)
 		}
 	}
@@ -317,7 +311,7 @@ func describeArchiveLayer(ctx context.Context, name string, r *io.SectionReader,
 		desc.MediaType, desc.Digest = v1.MediaTypeImageLayer, diffID
 		return desc, nil
 	}
-	dir, hex := path.Split(cleanArchiveMember(name))
+	dir, hex := path.Split(archivePath(name))
 	if d := digest.NewDigestFromEncoded(digest.Algorithm(path.Base(dir)), hex); path.Dir(dir) == "blobs" && d.Validate() == nil {
 		desc.Digest = d
 		return desc, nil

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"slices"
 	"strings"
 
@@ -50,21 +49,6 @@ func ListImage(ctx context.Context, img *Image) (*Listing, error) {
 		}
 	}
 	return l, nil
-}
-
-// cleanName turns a tar name into a relative layer path, refusing names
-// that climb out of the root.
-func cleanName(name string) (string, error) {
-	p := path.Clean("/" + name)
-	if strings.Contains(name, "\x00") {
-		return "", inputerr.New("tar entry %q: NUL in name", name)
-	}
-	for _, el := range strings.Split(name, "/") {
-		if el == ".." {
-			return "", inputerr.New("tar entry %q: climbs out of the root", name)
-		}
-	}
-	return strings.TrimPrefix(p, "/"), nil
 }
 
 // apply merges one layer tar into the listing with the image-spec rules:

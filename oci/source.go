@@ -9,7 +9,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -81,7 +80,7 @@ func openArchive(p string) (*archiveSource, error) {
 			f.Close()
 			return nil, err
 		}
-		name := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/")
+		name := archivePath(hdr.Name)
 		s.entries[name] = io.NewSectionReader(f, off, hdr.Size)
 	}
 	return s, nil
