@@ -806,7 +806,7 @@ func (a *applier) special(hdr *tar.Header, rel string) error {
 		// smuggle one into the layer dir, where the union would read it as
 		// the deletion of a lower file.
 		if typ == overlay.TypeChar && major == 0 && minor == 0 {
-			return reject(name, "char device 0:0 is a whiteout; a layer deletes with .wh. names")
+			return reject(name, "char device 0:0 is a whiteout; a layer deletes with %s names", overlay.WhiteoutPrefix)
 		}
 	}
 	pf, base, err := a.openParent(name, rel)
