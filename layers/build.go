@@ -23,6 +23,7 @@ import (
 	"github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/sandbox"
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -786,12 +787,12 @@ func (b *builder) store(ctx context.Context, t *cache.Temp, in *inputs, below []
 	key := in.key()
 	info := entryInfo(in, key, b.now())
 	start := time.Now()
-	layer, err := b.commit(ctx, t, lowers, threads)
+	written, err := b.commit(ctx, t, lowers, threads)
 	if err != nil {
 		return nil, fmt.Errorf("layer '%s': commit: %w", in.Name, err)
 	}
-	info.DiffID, info.Digest = layer.DiffID, layer.Descriptor.Digest
-	info.MediaType, info.Size = layer.Descriptor.MediaType, layer.Descriptor.Size
+	info.DiffID, info.Digest = written.DiffID, written.Descriptor.Digest
+	info.MediaType, info.Size = written.Descriptor.MediaType, written.Descriptor.Size
 	e, err := b.opts.Cache.Insert(ctx, t, info)
 	if err != nil {
 		return nil, fmt.Errorf("layer '%s': %w", in.Name, err)
@@ -1030,17 +1031,17 @@ func tailSuffix(tail []string) string {
 }
 
 // commit writes the temp entry's upper as the layer blob, over lowers.
-func (b *builder) commit(ctx context.Context, t *cache.Temp, lowers []string, threads int) (oci.Layer, error) {
+func (b *builder) commit(ctx context.Context, t *cache.Temp, lowers []string, threads int) (layer.Info, error) {
 	f, err := os.OpenFile(t.BlobPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return oci.Layer{}, err
+		return layer.Info{}, err
 	}
-	comp, _ := oci.ParseCompression(b.spec.compression())
+	comp, _ := layer.ParseCompression(b.spec.compression())
 	var lower overlay.Lower = overlay.Empty{}
 	if len(lowers) > 0 {
 		lower = overlay.NewStack(lowers...)
 	}
-	layer, err := oci.WriteLayer(ctx, f, t.Rootfs(), lower, oci.LayerOptions{
+	layer, err := layer.Write(ctx, f, t.Rootfs(), lower, layer.Options{
 		Compression: comp, Threads: threads, SourceDateEpoch: b.opts.SourceDateEpoch,
 		Exclude: b.spec.Exclude, Warn: b.opts.Warn,
 		// Unprivileged, what the build made without chowning it is root's.

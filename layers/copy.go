@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -351,7 +351,7 @@ func (c *copier) one(src, rel string) error {
 			return err
 		}
 		for name, val := range m.Xattrs {
-			if !oci.LayerXattr(name) {
+			if !layer.KeepsXattr(name) {
 				continue // host labels such as security.selinux stay on the host
 			}
 			if err := unix.Lsetxattr("/proc/self/fd/"+strconv.Itoa(pfd)+"/"+base, name, []byte(val), 0); err != nil {

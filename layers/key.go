@@ -24,6 +24,7 @@ import (
 
 	"github.com/layerfs/layerfs/cache"
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -39,7 +40,7 @@ const ApplyRules = "1"
 // RootlessOwners versions how unprivileged builds keep owners, which
 // only their keys (base layers' too) carry. "squash-1": oci.Apply records
 // every entry's owner; mounts record every chown; a layer maps what the
-// builder owns on disk without a record to root (oci.LayerOptions
+// builder owns on disk without a record to root (layer.Options
 // SquashOwner); copying layers copy the owners sources record.
 const RootlessOwners = "squash-1"
 
@@ -366,7 +367,7 @@ func (k *keyer) hashObject(h io.Writer, p, dst string, links map[[2]uint64]strin
 	fmt.Fprintf(h, "%s\x00%d\x00%o\x00%d:%d\x00%d\x00%s\x00%d:%d\x00",
 		dst, meta.Type, meta.Mode, meta.UID, meta.GID, mtime.Unix(), meta.Link, meta.Major, meta.Minor)
 	for _, x := range slices.Sorted(maps.Keys(meta.Xattrs)) {
-		if oci.LayerXattr(x) {
+		if layer.KeepsXattr(x) {
 			fmt.Fprintf(h, "x:%s=%q\x00", x, meta.Xattrs[x])
 		}
 	}

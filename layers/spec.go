@@ -23,6 +23,7 @@ import (
 	"github.com/layerfs/layerfs/fs"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/layer"
 )
 
 // Layer types.
@@ -252,13 +253,13 @@ func (s *Spec) Validate() error {
 	if _, err := fs.ParseDriver(s.Driver, where+": driver"); err != nil {
 		return err
 	}
-	if _, err := oci.ParseCompression(s.compression()); err != nil {
+	if _, err := layer.ParseCompression(s.compression()); err != nil {
 		return inputerr.New("%s: compression %q: want gzip, zstd or none", where, s.Compression)
 	}
 	if s.OS != "" && s.OS != "linux" {
 		return inputerr.New("%s: os %q: only linux images are built", where, s.OS)
 	}
-	if err := oci.ValidateExclude(s.Exclude); err != nil {
+	if err := layer.ValidateExclude(s.Exclude); err != nil {
 		return inputerr.New("%s: exclude: %v", where, err)
 	}
 	if s.Pkgdata != "" {
@@ -410,7 +411,7 @@ func (s *Spec) path(p string) string {
 
 func (s *Spec) compression() string {
 	if s.Compression == "" {
-		return string(oci.Gzip)
+		return string(layer.Gzip)
 	}
 	return s.Compression
 }

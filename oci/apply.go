@@ -17,6 +17,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/compress"
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 	"golang.org/x/sys/unix"
 )
@@ -92,7 +93,7 @@ type ApplyResult struct {
 // them), also where the tar names this process's own ids, and for the
 // parents a tar leaves out (root's, 0755): so that an owner the tar gave is
 // never taken for the applier's own, which a rootless build maps to root
-// (LayerOptions.SquashOwner). Fifos and devices are then empty files whose
+// (layer.Options.SquashOwner). Fifos and devices are then empty files whose
 // override names their type.
 //
 // Rejections wrap ErrHostile and are bad input. On any error dir holds a
@@ -1019,7 +1020,7 @@ func (a *applier) setXattrs(name string, set xattrSetter, hdr *tar.Header) error
 		case overlay.IsInternalXattr(x):
 			a.warn("layer entry %s: dropped xattr %s: union bookkeeping is never taken from a layer", quoteName(name), x)
 			continue
-		case !layerXattr(x):
+		case !layer.KeepsXattr(x):
 			a.warn("layer entry %s: dropped xattr %s: not one a layer may set", quoteName(name), x)
 			continue
 		case a.rootless && strings.HasPrefix(x, "trusted."):

@@ -26,6 +26,7 @@ import (
 	"github.com/layerfs/layerfs/internal/hostile"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -139,10 +140,10 @@ func applyBytes(t *testing.T, data []byte, dir string) (ApplyResult, []string) {
 	return res, warnings
 }
 
-func writeLayerBytes(t *testing.T, upper string, lower overlay.Lower, opts LayerOptions) ([]byte, Layer) {
+func writeLayerBytes(t *testing.T, upper string, lower overlay.Lower, opts layer.Options) ([]byte, layer.Info) {
 	t.Helper()
 	var buf bytes.Buffer
-	l, err := WriteLayer(context.Background(), &buf, upper, lower, opts)
+	l, err := layer.Write(context.Background(), &buf, upper, lower, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +211,7 @@ func TestApplyRoundTrip(t *testing.T) {
 		t.Run(map[bool]string{false: "explicit-whiteouts", true: "opaque-markers"}[markers], func(t *testing.T) {
 			d := dirs(t, "lower", "upper", "applied")
 			roundTripTrees(d[0], d[1], true, 1000)
-			opts := LayerOptions{Compression: Uncompressed, OpaqueMarkers: markers}
+			opts := layer.Options{Compression: layer.Uncompressed, OpaqueMarkers: markers}
 			tar1, l1 := writeLayerBytes(t, d[1].Root, overlay.NewStack(d[0].Root), opts)
 
 			res, warnings := applyBytes(t, tar1, d[2].Root)
@@ -266,7 +267,7 @@ func TestApplyRootlessRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			roundTripTrees(d[0], d[1], false, nobodyUID)
-			opts := LayerOptions{Compression: Uncompressed, OpaqueMarkers: markers}
+			opts := layer.Options{Compression: layer.Uncompressed, OpaqueMarkers: markers}
 			tar1, l1 := writeLayerBytes(t, d[1].Root, overlay.NewStack(d[0].Root), opts)
 			tarFile := filepath.Join(base, "layer.tar")
 			if err := os.WriteFile(tarFile, tar1, 0o644); err != nil {

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -42,7 +43,7 @@ type CommitOptions struct {
 	Image Reference
 	// Base is the image to start from when Image does not exist yet.
 	Base   *Reference
-	Layer  LayerOptions
+	Layer  layer.Options
 	Config ConfigChanges
 	// Created dates the config and the history entry; the default is the
 	// source date epoch, else now.
@@ -56,7 +57,7 @@ type CommitOptions struct {
 
 // CommitResult describes a committed layer and the image it now tops.
 type CommitResult struct {
-	Layer    Layer
+	Layer    layer.Info
 	Manifest v1.Descriptor
 	Image    Reference
 	// Layers is the number of layers of the image.
@@ -141,10 +142,10 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 		}
 	}
 
-	var layer Layer
+	var written layer.Info
 	if _, err = lay.WriteBlob(func(w io.Writer) (digest.Digest, error) {
-		layer, err = WriteLayer(ctx, w, opts.Upper, lower, opts.Layer)
-		return layer.Descriptor.Digest, err
+		written, err = layer.Write(ctx, w, opts.Upper, lower, opts.Layer)
+		return written.Descriptor.Digest, err
 	}); err != nil {
 		err = fmt.Errorf("commit %s: %w", opts.Upper, err)
 		if errors.Is(err, overlay.ErrUnsupportedUpper) || errors.Is(err, overlay.ErrReservedName) {
@@ -172,7 +173,7 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 		cfg.set("os", "linux")
 		cfg.set("architecture", runtime.GOARCH)
 	}
-	manifest.Layers = append(manifest.Layers, layer.Descriptor)
+	manifest.Layers = append(manifest.Layers, written.Descriptor)
 
 	created := time.Now().UTC().Truncate(time.Second)
 	switch {
@@ -182,7 +183,7 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 		created = opts.Layer.SourceDateEpoch.UTC()
 	}
 	h := historyEntry{Created: &created, CreatedBy: "layerfs commit", Comment: opts.History, Author: opts.Config.Author}
-	cfg.appendLayer(layer.DiffID, h)
+	cfg.appendLayer(written.DiffID, h)
 	cfg.set("created", created)
 	cfg.apply(&opts.Config)
 	rawCfg, err := cfg.marshal()
@@ -216,7 +217,7 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 	if err = o.tag(out.Tag, mdesc); err != nil {
 		return res, err
 	}
-	return CommitResult{Layer: layer, Manifest: mdesc, Image: out, Layers: len(manifest.Layers)}, nil
+	return CommitResult{Layer: written, Manifest: mdesc, Image: out, Layers: len(manifest.Layers)}, nil
 }
 
 // applyRootfsTar applies opts.RootfsTar into rootfs/ of a temp dir beside

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/internal/testutil"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -23,13 +24,13 @@ var testEpoch = time.Unix(1700000000, 0).UTC()
 
 // layerEntries commits upper over the lower layer dirs and renders the
 // tar as one line per entry, in order.
-func layerEntries(t *testing.T, upper string, lower overlay.Lower, opts LayerOptions) []string {
+func layerEntries(t *testing.T, upper string, lower overlay.Lower, opts layer.Options) []string {
 	t.Helper()
 	var buf bytes.Buffer
 	if opts.Compression == "" {
-		opts.Compression = Uncompressed
+		opts.Compression = layer.Uncompressed
 	}
-	if _, err := WriteLayer(context.Background(), &buf, upper, lower, opts); err != nil {
+	if _, err := layer.Write(context.Background(), &buf, upper, lower, opts); err != nil {
 		t.Fatal(err)
 	}
 	return renderTar(t, &buf)
@@ -91,9 +92,9 @@ func assertEntries(t *testing.T, got []string, want ...string) {
 	}
 }
 
-func epochOpts() LayerOptions {
+func epochOpts() layer.Options {
 	e := testEpoch
-	return LayerOptions{SourceDateEpoch: &e}
+	return layer.Options{SourceDateEpoch: &e}
 }
 
 func TestMergedUsrIsTheSymlinkAlone(t *testing.T) {
@@ -187,7 +188,7 @@ func TestMtimeCountsWithoutEpoch(t *testing.T) {
 	upper.File("f", "x")
 	old := time.Unix(1000, 0)
 	os.Chtimes(filepath.Join(lower.Root, "f"), old, old)
-	got := layerEntries(t, upper.Root, overlay.NewStack(lower.Root), LayerOptions{})
+	got := layerEntries(t, upper.Root, overlay.NewStack(lower.Root), layer.Options{})
 	if len(got) != 1 || !strings.HasPrefix(got[0], "0 f ") {
 		t.Fatalf("a touched file must be emitted when no epoch clamps mtimes, got %q", got)
 	}
@@ -202,7 +203,7 @@ func TestHardlinksLinkToTheFirstPathWithFullMetadata(t *testing.T) {
 	upper.File("b/file", "data").Chown("b/file", 7, 8).Chmod("b/file", 0o750).
 		Link("a/link", "b/file").Link("c/link2", "b/file")
 	var buf bytes.Buffer
-	if _, err := WriteLayer(context.Background(), &buf, upper.Root, nil, LayerOptions{Compression: Uncompressed}); err != nil {
+	if _, err := layer.Write(context.Background(), &buf, upper.Root, nil, layer.Options{Compression: layer.Uncompressed}); err != nil {
 		t.Fatal(err)
 	}
 	tr := tar.NewReader(&buf)
@@ -301,7 +302,7 @@ func TestMtimesAreClampedAndWhole(t *testing.T) {
 	d[0].File("new", "n").File("old", "o")
 	os.Chtimes(filepath.Join(d[0].Root, "old"), time.Unix(5, 999), time.Unix(5, 999))
 	var buf bytes.Buffer
-	if _, err := WriteLayer(context.Background(), &buf, d[0].Root, nil, LayerOptions{Compression: Uncompressed, SourceDateEpoch: &testEpoch}); err != nil {
+	if _, err := layer.Write(context.Background(), &buf, d[0].Root, nil, layer.Options{Compression: layer.Uncompressed, SourceDateEpoch: &testEpoch}); err != nil {
 		t.Fatal(err)
 	}
 	tr := tar.NewReader(&buf)
@@ -324,12 +325,12 @@ func TestRefusesRedirectAndReservedNames(t *testing.T) {
 	testutil.RequireRoot(t)
 	d := dirs(t, "redirect", "reserved")
 	d[0].Dir("moved").Xattr("moved", "trusted.overlay.redirect", "/orig")
-	_, err := WriteLayer(context.Background(), io.Discard, d[0].Root, nil, LayerOptions{})
+	_, err := layer.Write(context.Background(), io.Discard, d[0].Root, nil, layer.Options{})
 	if err == nil || !strings.Contains(err.Error(), "redirect") || !strings.Contains(err.Error(), "moved") {
 		t.Errorf("redirect upper: got %v, want an error naming the path and redirect_dir", err)
 	}
 	d[1].File("etc/.wh..", "")
-	_, err = WriteLayer(context.Background(), io.Discard, d[1].Root, nil, LayerOptions{})
+	_, err = layer.Write(context.Background(), io.Discard, d[1].Root, nil, layer.Options{})
 	if err == nil || !strings.Contains(err.Error(), ".wh..") {
 		t.Errorf("reserved name: got %v, want an error naming it", err)
 	}
@@ -343,16 +344,16 @@ func TestReproducibleAcrossThreads(t *testing.T) {
 		content := strings.Repeat(fmt.Sprintf("line %d of file %d\n", i, i*7), 20000+i*100)
 		d[0].File(fmt.Sprintf("dir%d/file%d", i%5, i), content)
 	}
-	for _, c := range []Compression{Gzip, Zstd, Uncompressed} {
+	for _, c := range []layer.Compression{layer.Gzip, layer.Zstd, layer.Uncompressed} {
 		var digests []string
 		for _, threads := range []int{1, 2, 8} {
 			var buf bytes.Buffer
-			l, err := WriteLayer(context.Background(), &buf, d[0].Root, nil, LayerOptions{Compression: c, Threads: threads, SourceDateEpoch: &testEpoch})
+			l, err := layer.Write(context.Background(), &buf, d[0].Root, nil, layer.Options{Compression: c, Threads: threads, SourceDateEpoch: &testEpoch})
 			if err != nil {
 				t.Fatal(err)
 			}
 			digests = append(digests, l.Descriptor.Digest.String()+" "+l.DiffID.String())
-			if c == Gzip && !bytes.HasPrefix(buf.Bytes(), []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}) {
+			if c == layer.Gzip && !bytes.HasPrefix(buf.Bytes(), []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}) {
 				t.Errorf("gzip header must carry no name and mtime 0, got % x", buf.Bytes()[:10])
 			}
 		}

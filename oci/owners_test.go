@@ -17,6 +17,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -194,7 +195,7 @@ func TestCommitRootfsTar(t *testing.T) {
 		File("home/u/.profile", "p").Chown("home/u/.profile", 1000, 1000).Chown("home/u", 1000, 1000).
 		Symlink("bin", "usr/bin").Mknod("dev/null", unix.S_IFCHR|0o666, 1, 3)
 	// The tar of the rootfs: what a commit of it as a rootfs writes.
-	want, _ := writeLayerBytes(t, rootfs.Root, nil, LayerOptions{Compression: Uncompressed, Rootfs: true, SourceDateEpoch: epochOpts().SourceDateEpoch})
+	want, _ := writeLayerBytes(t, rootfs.Root, nil, layer.Options{Compression: layer.Uncompressed, Rootfs: true, SourceDateEpoch: epochOpts().SourceDateEpoch})
 	for _, base := range []string{"", "base"} {
 		out := filepath.Join(tmp, "out"+base)
 		opts := CommitOptions{RootfsTar: bytes.NewReader(want), Image: mustRef(t, "oci:"+out+":t")}

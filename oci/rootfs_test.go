@@ -15,6 +15,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -280,14 +281,14 @@ func TestRootfsRefusesOverlayMarkers(t *testing.T) {
 			for _, deletions := range []bool{false, true} {
 				opts := epochOpts()
 				opts.Rootfs, opts.Deletions = true, deletions
-				_, err := WriteLayer(context.Background(), &bytes.Buffer{}, d[1].Root, overlay.NewStack(d[0].Root), opts)
+				_, err := layer.Write(context.Background(), &bytes.Buffer{}, d[1].Root, overlay.NewStack(d[0].Root), opts)
 				want := filepath.Join(d[1].Root, c.path)
 				if err == nil || !inputerr.Is(err) || !strings.Contains(err.Error(), want+":") || !strings.Contains(err.Error(), "rootfs") {
 					t.Errorf("deletions=%v: got %v, want a bad-input error naming %s", deletions, err, want)
 				}
 			}
 			// The same dir is a fine upper.
-			if _, err := WriteLayer(context.Background(), &bytes.Buffer{}, d[1].Root, overlay.NewStack(d[0].Root), epochOpts()); err != nil {
+			if _, err := layer.Write(context.Background(), &bytes.Buffer{}, d[1].Root, overlay.NewStack(d[0].Root), epochOpts()); err != nil {
 				t.Errorf("as an upper: %v", err)
 			}
 		})
@@ -296,7 +297,7 @@ func TestRootfsRefusesOverlayMarkers(t *testing.T) {
 
 func TestDeletionsNeedRootfs(t *testing.T) {
 	d := dirs(t, "upper")
-	_, err := WriteLayer(context.Background(), &bytes.Buffer{}, d[0].Root, nil, LayerOptions{Deletions: true})
+	_, err := layer.Write(context.Background(), &bytes.Buffer{}, d[0].Root, nil, layer.Options{Deletions: true})
 	if err == nil || !inputerr.Is(err) || !strings.Contains(err.Error(), "rootfs") {
 		t.Errorf("got %v, want a bad-input error", err)
 	}
@@ -341,7 +342,7 @@ func listing(t *testing.T, dir string) *Listing {
 		t.Fatal(err)
 	}
 	e := testEpoch
-	if _, err := Commit(context.Background(), CommitOptions{Upper: dir, Image: ref, Layer: LayerOptions{SourceDateEpoch: &e}}); err != nil {
+	if _, err := Commit(context.Background(), CommitOptions{Upper: dir, Image: ref, Layer: layer.Options{SourceDateEpoch: &e}}); err != nil {
 		t.Fatal(err)
 	}
 	img, err := OpenImage(ref)
@@ -356,9 +357,9 @@ func listing(t *testing.T, dir string) *Listing {
 	return l
 }
 
-func diffID(t *testing.T, dir string, lower overlay.Lower, opts LayerOptions) string {
+func diffID(t *testing.T, dir string, lower overlay.Lower, opts layer.Options) string {
 	t.Helper()
-	l, err := WriteLayer(context.Background(), &bytes.Buffer{}, dir, lower, opts)
+	l, err := layer.Write(context.Background(), &bytes.Buffer{}, dir, lower, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ type UnionOptions struct {
 	// leave the object as it is. The owner set explicitly is then told
 	// apart from the daemon's own on-disk ownership of what it created,
 	// which a commit that squashes the daemon's ids to root
-	// (oci.LayerOptions.SquashOwner) turns into root. Where the owner of
+	// (layer.Options.SquashOwner) turns into root. Where the owner of
 	// an object the daemon creates must be recorded (a group it cannot
 	// give), its own ids in it are recorded as root's, as such a commit
 	// would read them on disk.

@@ -14,6 +14,7 @@ import (
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/vcs"
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -111,7 +112,7 @@ func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
 		return opts, inputerr.New("--deletions: only with --rootfs or --rootfs-tar (an overlay upper records its deletions as whiteouts)")
 	}
 	opts.Layer.Deletions = c.Deletions
-	if err := oci.ValidateExclude(c.Exclude); err != nil {
+	if err := layer.ValidateExclude(c.Exclude); err != nil {
 		return opts, err
 	}
 	opts.Layer.Exclude = c.Exclude
@@ -125,7 +126,7 @@ func (c *commitCmd) options(e *env) (oci.CommitOptions, error) {
 		}
 		opts.Base = &base
 	}
-	if opts.Layer.Compression, err = oci.ParseCompression(c.Compression); err != nil {
+	if opts.Layer.Compression, err = layer.ParseCompression(c.Compression); err != nil {
 		return opts, inputerr.Wrap(err)
 	}
 	opts.Layer.Threads = c.Threads

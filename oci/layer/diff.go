@@ -1,4 +1,4 @@
-package oci
+package layer
 
 import (
 	"archive/tar"
@@ -50,7 +50,7 @@ type differ struct {
 	tw      *tar.Writer
 	root    string // the dir being committed
 	lower   overlay.Lower
-	opts    LayerOptions
+	opts    Options
 	exclude *ExcludeMatcher
 	epoch   time.Time // whiteout date
 	pending []pendingDir
@@ -63,7 +63,7 @@ type differ struct {
 	entries   int
 }
 
-func writeDiff(ctx context.Context, w io.Writer, upper string, lower overlay.Lower, opts LayerOptions) (int, error) {
+func writeDiff(ctx context.Context, w io.Writer, upper string, lower overlay.Lower, opts Options) (int, error) {
 	if opts.Deletions && !opts.Rootfs {
 		return 0, inputerr.New("deletions apply to a rootfs only: an overlay upper records its deletions as whiteouts")
 	}
@@ -279,7 +279,7 @@ func (d *differ) entry(rel, abs string, e *overlay.Entry, sc scope) error {
 }
 
 // lowerLookup is the lower's object at p, with its owner squashed as the
-// committed dir's are (LayerOptions.SquashOwner), so that the two compare.
+// committed dir's are (Options.SquashOwner), so that the two compare.
 func (d *differ) lowerLookup(p string) (*overlay.Meta, error) {
 	lm, err := d.lower.Lookup(p)
 	if lm == nil || err != nil || d.opts.SquashOwner == nil || !lm.OnDiskOwner {
@@ -306,7 +306,7 @@ func (d *differ) sameMeta(m, lm *overlay.Meta) bool {
 func sameLayerXattrs(a, b map[string]string) bool {
 	n := 0
 	for k, v := range a {
-		if !layerXattr(k) {
+		if !KeepsXattr(k) {
 			continue
 		}
 		n++
@@ -315,21 +315,19 @@ func sameLayerXattrs(a, b map[string]string) bool {
 		}
 	}
 	for k := range b {
-		if layerXattr(k) {
+		if KeepsXattr(k) {
 			n--
 		}
 	}
 	return n == 0
 }
 
-// layerXattr is the allowlist of xattrs a layer carries (rule 8): file
-// capabilities, POSIX ACLs, and user.* and trusted.* names that are not
-// union bookkeeping. security.selinux and the like belong to the host.
-// LayerXattr reports whether layers carry the xattr name (tar rule 8):
-// what a copy into an image keeps, and what its cache key hashes.
-func LayerXattr(name string) bool { return layerXattr(name) }
-
-func layerXattr(name string) bool {
+// KeepsXattr reports whether layers carry the xattr name (tar rule 8):
+// the allowlist of what a commit writes, an apply sets, a copy into an
+// image keeps and a cache key hashes. It keeps file capabilities, POSIX
+// ACLs, and user.* and trusted.* names that are not union bookkeeping;
+// security.selinux and the like belong to the host.
+func KeepsXattr(name string) bool {
 	switch name {
 	case "security.capability", "system.posix_acl_access", "system.posix_acl_default":
 		return true
@@ -388,7 +386,7 @@ func (d *differ) header(name string, m *overlay.Meta) *tar.Header {
 		hdr.Devmajor, hdr.Devminor = int64(m.Major), int64(m.Minor)
 	}
 	for k, v := range m.Xattrs {
-		if layerXattr(k) {
+		if KeepsXattr(k) {
 			if hdr.PAXRecords == nil {
 				hdr.PAXRecords = map[string]string{}
 			}

@@ -1,4 +1,4 @@
-package oci
+package layer
 
 import (
 	"bufio"
@@ -58,8 +58,8 @@ const (
 	zstdLevel     = 3
 )
 
-// LayerOptions control how a layer dir becomes a layer.
-type LayerOptions struct {
+// Options control how a layer dir becomes a layer.
+type Options struct {
 	Compression Compression
 	// Threads is the number of compression goroutines; 0 means GOMAXPROCS.
 	// The output does not depend on it.
@@ -100,7 +100,7 @@ type LayerOptions struct {
 	// excludes everything beneath /var/cache while /var/cache itself is
 	// still emitted when it changed. A pattern that matches a directory
 	// excludes it and everything beneath it. See ExcludeMatcher for the
-	// details and ValidateExclude to check patterns up front; WriteLayer
+	// details and ValidateExclude to check patterns up front; Write
 	// refuses bad ones as bad input.
 	Exclude []string
 	// SquashOwner, when set, maps the owner a rootless writer leaves on
@@ -116,18 +116,18 @@ type LayerOptions struct {
 	Warn func(msg string)
 }
 
-// Layer describes a written layer.
-type Layer struct {
+// Info describes a written layer.
+type Info struct {
 	Descriptor v1.Descriptor
 	DiffID     digest.Digest
 	// Entries counts the tar entries, whiteouts included.
 	Entries int
 }
 
-// WriteLayer writes the layer that turns lower into lower+upper to w:
+// Write writes the layer that turns lower into lower+upper to w:
 // a tar of upper's delta, compressed as opts say. It returns the blob's
 // descriptor and the uncompressed tar's digest.
-func WriteLayer(ctx context.Context, w io.Writer, upper string, lower overlay.Lower, opts LayerOptions) (Layer, error) {
+func Write(ctx context.Context, w io.Writer, upper string, lower overlay.Lower, opts Options) (Info, error) {
 	if lower == nil {
 		lower = overlay.Empty{}
 	}
@@ -143,10 +143,10 @@ func WriteLayer(ctx context.Context, w io.Writer, upper string, lower overlay.Lo
 	case Gzip, "":
 		gz, err := pgzip.NewWriterLevel(blob, gzipLevel)
 		if err != nil {
-			return Layer{}, err
+			return Info{}, err
 		}
 		if err := gz.SetConcurrency(gzipBlockSize, threads); err != nil {
-			return Layer{}, err
+			return Info{}, err
 		}
 		// pgzip writes the zero time as a non-zero MTIME; the gzip header
 		// must not date the blob.
@@ -161,27 +161,27 @@ func WriteLayer(ctx context.Context, w io.Writer, upper string, lower overlay.Lo
 			zstd.WithEncoderConcurrency(max(threads, 2)),
 			zstd.WithConcurrentBlocks(true))
 		if err != nil {
-			return Layer{}, err
+			return Info{}, err
 		}
 		cw = zw
 	case Uncompressed:
 		cw = nopCloser{blob}
 	default:
-		return Layer{}, fmt.Errorf("unknown compression %q", opts.Compression)
+		return Info{}, fmt.Errorf("unknown compression %q", opts.Compression)
 	}
 	diff := &countingHash{h: sha256.New(), w: cw}
 	n, err := writeDiff(ctx, diff, upper, lower, opts)
 	if err != nil {
 		cw.Close()
-		return Layer{}, err
+		return Info{}, err
 	}
 	if err := cw.Close(); err != nil {
-		return Layer{}, fmt.Errorf("compress layer: %w", err)
+		return Info{}, fmt.Errorf("compress layer: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
-		return Layer{}, err
+		return Info{}, err
 	}
-	return Layer{
+	return Info{
 		Descriptor: v1.Descriptor{
 			MediaType: opts.Compression.orDefault().MediaType(),
 			Digest:    digest.NewDigest(digest.SHA256, blob.h),
