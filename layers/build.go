@@ -24,6 +24,7 @@ import (
 	"github.com/layerfs/layerfs/internal/sandbox"
 	"github.com/layerfs/layerfs/oci"
 	"github.com/layerfs/layerfs/oci/layer"
+	"github.com/layerfs/layerfs/oci/unpack"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -426,7 +427,7 @@ func useRootfsTar(ctx context.Context, opts Options, s *Spec) (done func(), err 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := oci.Apply(ctx, opts.RootfsTar, t.Rootfs(), oci.ApplyOptions{Rootfs: true, Warn: opts.Warn}); err != nil {
+	if _, err := unpack.Apply(ctx, opts.RootfsTar, t.Rootfs(), unpack.Options{Rootfs: true, Warn: opts.Warn}); err != nil {
 		t.Abort()
 		return nil, fmt.Errorf("--rootfs-tar: %w", err)
 	}
@@ -595,7 +596,7 @@ func (b *builder) baseLayer(ctx context.Context, img *oci.Image, i int) (*cache.
 		info := cache.Info{Key: key, Name: "base", Type: "base", DiffID: diffID, Digest: desc.Digest,
 			MediaType: desc.MediaType, Size: desc.Size, Created: b.now(), Machine: b.spec.Machine,
 			Inputs: map[string]string{"image": img.Ref.String(), "layer": strconv.Itoa(i)}}
-		if _, err := oci.ApplyImageLayer(ctx, img, i, t.Rootfs(), oci.ApplyOptions{MaxSize: b.opts.MaxLayerSize, Warn: b.opts.Warn}); err != nil {
+		if _, err := oci.ApplyImageLayer(ctx, img, i, t.Rootfs(), unpack.Options{MaxSize: b.opts.MaxLayerSize, Warn: b.opts.Warn}); err != nil {
 			return info, err // it names the image and the layer
 		}
 		if err := linkOrCopyBlob(img, desc.Digest, t.BlobPath()); err != nil {

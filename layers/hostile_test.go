@@ -21,7 +21,7 @@ import (
 	"github.com/layerfs/layerfs/internal/hostile"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
-	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/unpack"
 )
 
 // hostileImage writes an OCI layout whose only layer is the tar.
@@ -113,7 +113,7 @@ func TestBuildHostileBase(t *testing.T) {
 				if err == nil {
 					t.Fatalf("%s (%s) was applied, want a rejection", c.Name, c.Doc)
 				}
-				if !errors.Is(err, oci.ErrHostile) || !inputerr.Is(err) {
+				if !errors.Is(err, unpack.ErrHostile) || !inputerr.Is(err) {
 					t.Errorf("error %v: want a bad-input ErrHostile", err)
 				}
 				if c.Mention != "" && !strings.Contains(err.Error(), c.Mention) {

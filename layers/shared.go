@@ -14,6 +14,7 @@ import (
 	"github.com/layerfs/layerfs/cache/remote"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/unpack"
 )
 
 // tiers is a build's view of the shared cache tiers: which still work,
@@ -121,7 +122,7 @@ func (ts *tiers) fetch(ctx context.Context, t *remote.Tier, in *inputs, key stri
 			ts.failed(ctx, t, key, "pull", err)
 			return cache.Info{}, errNextMaker
 		}
-		tr, err = t.Pull(ctx, a, tmp, oci.ApplyOptions{Warn: ts.warn, MaxSize: ts.maxSize})
+		tr, err = t.Pull(ctx, a, tmp, unpack.Options{Warn: ts.warn, MaxSize: ts.maxSize})
 		rep.Downloaded += tr.Downloaded
 		if err != nil {
 			ts.failed(ctx, t, key, "pull", err)
@@ -232,7 +233,7 @@ func PullEntry(ctx context.Context, c *cache.Cache, t *remote.Tier, key string, 
 	if err != nil {
 		return nil, false, err
 	}
-	if _, err := t.Pull(ctx, a, tmp, oci.ApplyOptions{Warn: warn}); err != nil {
+	if _, err := t.Pull(ctx, a, tmp, unpack.Options{Warn: warn}); err != nil {
 		tmp.Abort()
 		return nil, false, err
 	}

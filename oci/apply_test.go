@@ -27,6 +27,7 @@ import (
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci/layer"
+	"github.com/layerfs/layerfs/oci/unpack"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -130,10 +131,10 @@ type tarEntry struct {
 	data string
 }
 
-func applyBytes(t *testing.T, data []byte, dir string) (ApplyResult, []string) {
+func applyBytes(t *testing.T, data []byte, dir string) (unpack.Result, []string) {
 	t.Helper()
 	var warnings []string
-	res, err := Apply(context.Background(), bytes.NewReader(data), dir, ApplyOptions{Warn: func(m string) { warnings = append(warnings, m) }})
+	res, err := unpack.Apply(context.Background(), bytes.NewReader(data), dir, unpack.Options{Warn: func(m string) { warnings = append(warnings, m) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +374,7 @@ func TestApplyImageLayerChecksDiffID(t *testing.T) {
 	})
 	defer img.Close()
 	dir := t.TempDir()
-	res, err := ApplyImageLayer(context.Background(), img, 0, dir, ApplyOptions{})
+	res, err := ApplyImageLayer(context.Background(), img, 0, dir, unpack.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,11 +384,11 @@ func TestApplyImageLayerChecksDiffID(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "a")); err != nil || string(b) != "a" {
 		t.Errorf("a: %q, %v", b, err)
 	}
-	_, err = ApplyImageLayer(context.Background(), img, 1, t.TempDir(), ApplyOptions{})
+	_, err = ApplyImageLayer(context.Background(), img, 1, t.TempDir(), unpack.Options{})
 	if err == nil || !strings.Contains(err.Error(), "does not match") || !inputerr.Is(err) {
 		t.Errorf("a layer that does not match its diff_id: %v; want a bad-input error saying so", err)
 	}
-	if _, err := ApplyImageLayer(context.Background(), img, 2, t.TempDir(), ApplyOptions{}); err == nil {
+	if _, err := ApplyImageLayer(context.Background(), img, 2, t.TempDir(), unpack.Options{}); err == nil {
 		t.Error("layer 2 of 2 applied")
 	}
 }
@@ -395,8 +396,8 @@ func TestApplyImageLayerChecksDiffID(t *testing.T) {
 func TestApplyNeedsAnEmptyDir(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "x"), nil, 0o644)
-	_, err := Apply(context.Background(), bytes.NewReader(nil), dir, ApplyOptions{})
-	if err == nil || errors.Is(err, ErrHostile) || !strings.Contains(err.Error(), "not empty") {
+	_, err := unpack.Apply(context.Background(), bytes.NewReader(nil), dir, unpack.Options{})
+	if err == nil || errors.Is(err, unpack.ErrHostile) || !strings.Contains(err.Error(), "not empty") {
 		t.Errorf("got %v; want a not-empty error that does not blame the layer", err)
 	}
 }
@@ -405,7 +406,7 @@ func TestApplyHonoursCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	data := tarOf(t, tarEntry{hdr: tar.Header{Name: "a", Typeflag: tar.TypeReg, Mode: 0o644}, data: "a"})
-	if _, err := Apply(ctx, bytes.NewReader(data), t.TempDir(), ApplyOptions{}); !errors.Is(err, context.Canceled) {
+	if _, err := unpack.Apply(ctx, bytes.NewReader(data), t.TempDir(), unpack.Options{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v; want context.Canceled", err)
 	}
 }
@@ -415,8 +416,8 @@ func TestApplySourceErrorIsNotHostile(t *testing.T) {
 	data := tarOf(t, tarEntry{hdr: tar.Header{Name: "a", Typeflag: tar.TypeReg, Mode: 0o644}, data: strings.Repeat("a", 4096)})
 	boom := errors.New("disk on fire")
 	r := io.MultiReader(bytes.NewReader(data[:1024]), iotestErrReader{boom})
-	_, err := Apply(context.Background(), r, t.TempDir(), ApplyOptions{})
-	if !errors.Is(err, boom) || errors.Is(err, ErrHostile) {
+	_, err := unpack.Apply(context.Background(), r, t.TempDir(), unpack.Options{})
+	if !errors.Is(err, boom) || errors.Is(err, unpack.ErrHostile) {
 		t.Errorf("got %v; want the source's error, not a hostile layer", err)
 	}
 }
@@ -443,8 +444,8 @@ func FuzzApply(f *testing.F) {
 		if err := os.WriteFile(canary, []byte("canary"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_, err := Apply(context.Background(), bytes.NewReader(data), root, ApplyOptions{MaxSize: 4 << 20})
-		if err != nil && !errors.Is(err, ErrHostile) {
+		_, err := unpack.Apply(context.Background(), bytes.NewReader(data), root, unpack.Options{MaxSize: 4 << 20})
+		if err != nil && !errors.Is(err, unpack.ErrHostile) {
 			// Only the machine may fail otherwise; a bytes.Reader does not.
 			var errno unix.Errno
 			if !errors.As(err, &errno) {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/oci/layer"
+	"github.com/layerfs/layerfs/oci/unpack"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -240,7 +241,7 @@ func applyRootfsTar(ctx context.Context, opts CommitOptions) (string, func(), er
 		cleanup()
 		return "", nil, err
 	}
-	if _, err := Apply(ctx, opts.RootfsTar, dir, ApplyOptions{Rootfs: true, Warn: opts.Layer.Warn}); err != nil {
+	if _, err := unpack.Apply(ctx, opts.RootfsTar, dir, unpack.Options{Rootfs: true, Warn: opts.Layer.Warn}); err != nil {
 		cleanup()
 		return "", nil, fmt.Errorf("rootfs tar: %w", err) // bad input stays so
 	}

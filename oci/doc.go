@@ -1,5 +1,6 @@
-// Package oci writes and reads OCI images: layer tars made from layer dirs
-// (ordered, reproducible, safe for every applier; see DESIGN.md "Layer tar
-// rules"), image layouts written crash-safely, image configs, and image
-// references. It mounts nothing.
+// Package oci reads and writes OCI images: references and their
+// transports (layouts written crash-safely, archives, registries), image
+// configs, merged views of an image's layers, and commits of an upper
+// onto an image. The layer tar writer is oci/layer, the hostile-tar
+// applier oci/unpack. It mounts nothing.
 package oci

@@ -24,6 +24,7 @@ import (
 	"github.com/layerfs/layerfs/internal/hostile"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
+	"github.com/layerfs/layerfs/oci/unpack"
 )
 
 // The unprivileged runs re-execute this test binary as nobody, which then
@@ -54,7 +55,7 @@ type applyOutcome struct {
 func outcomeOf(err error, warnings []string) applyOutcome {
 	o := applyOutcome{Warnings: warnings}
 	if err != nil {
-		o.Err, o.Hostile, o.Input = err.Error(), errors.Is(err, ErrHostile), inputerr.Is(err)
+		o.Err, o.Hostile, o.Input = err.Error(), errors.Is(err, unpack.ErrHostile), inputerr.Is(err)
 	}
 	return o
 }
@@ -76,7 +77,7 @@ func TestApplyHelperProcess(t *testing.T) {
 	}
 	defer f.Close()
 	var warnings []string
-	_, err = Apply(context.Background(), f, job.Dir, ApplyOptions{MaxSize: job.MaxSize, Warn: func(m string) { warnings = append(warnings, m) }})
+	_, err = unpack.Apply(context.Background(), f, job.Dir, unpack.Options{MaxSize: job.MaxSize, Warn: func(m string) { warnings = append(warnings, m) }})
 	out, _ := json.Marshal(outcomeOf(err, warnings))
 	fmt.Printf("\n%s%s\n", helperResultPrefix, out)
 }
@@ -93,7 +94,7 @@ func applyHere(t *testing.T, tarFile, dir string, maxSize int64) applyOutcome {
 	}
 	defer f.Close()
 	var warnings []string
-	_, err = Apply(context.Background(), f, dir, ApplyOptions{MaxSize: maxSize, Warn: func(m string) { warnings = append(warnings, m) }})
+	_, err = unpack.Apply(context.Background(), f, dir, unpack.Options{MaxSize: maxSize, Warn: func(m string) { warnings = append(warnings, m) }})
 	return outcomeOf(err, warnings)
 }
 
@@ -292,7 +293,7 @@ func runCase(t *testing.T, c hostile.Case, apply applyRunner, rootless bool) {
 			t.Fatalf("%s applied; want a rejection (%s)", c.Name, c.Doc)
 		}
 		if !out.Hostile || !out.Input {
-			t.Errorf("rejection %q: ErrHostile %v, bad input %v; want both", out.Err, out.Hostile, out.Input)
+			t.Errorf("rejection %q: unpack.ErrHostile %v, bad input %v; want both", out.Err, out.Hostile, out.Input)
 		}
 		if !strings.Contains(out.Err, c.Mention) {
 			t.Errorf("rejection %q does not mention %s", out.Err, c.Mention)
@@ -403,8 +404,8 @@ func TestApplyStopsDecompressionBomb(t *testing.T) {
 	for _, viaImage := range []bool{false, true} {
 		t.Run(fmt.Sprintf("image=%v", viaImage), func(t *testing.T) {
 			dir := t.TempDir()
-			opts := ApplyOptions{MaxSize: 1 << 20}
-			var res ApplyResult
+			opts := unpack.Options{MaxSize: 1 << 20}
+			var res unpack.Result
 			var err error
 			if viaImage {
 				img := testImage(t, []layerBlob{{data: bomb}})
@@ -415,9 +416,9 @@ func TestApplyStopsDecompressionBomb(t *testing.T) {
 				if zerr != nil {
 					t.Fatal(zerr)
 				}
-				res, err = Apply(context.Background(), zr, dir, opts)
+				res, err = unpack.Apply(context.Background(), zr, dir, opts)
 			}
-			if !errors.Is(err, ErrHostile) || !inputerr.Is(err) || !strings.Contains(fmt.Sprint(err), "limit of 1048576") {
+			if !errors.Is(err, unpack.ErrHostile) || !inputerr.Is(err) || !strings.Contains(fmt.Sprint(err), "limit of 1048576") {
 				t.Fatalf("got %v; want a hostile-layer error naming the limit of 1048576 bytes", err)
 			}
 			if res.Bytes > opts.MaxSize+1 {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/layerfs/layerfs/oci/unpack"
 )
 
 // ImageLayer is one layer a build puts on top of its base.
@@ -135,3 +137,28 @@ func (img *Image) BlobFile(d digest.Digest) string { return img.src.File(d) }
 
 // OpenBlob opens blob d of the image.
 func (img *Image) OpenBlob(d digest.Digest) (io.ReadCloser, error) { return img.src.Open(d) }
+
+// ApplyImageLayer applies layer i of img into dir (see Apply), reading the
+// blob through img.OpenLayer, and checks the layer's diff_id once the
+// stream has been read to its end. A mismatch is an error; dir must then be
+// discarded like after any other error.
+func ApplyImageLayer(ctx context.Context, img *Image, i int, dir string, opts unpack.Options) (unpack.Result, error) {
+	if i < 0 || i >= len(img.Manifest.Layers) {
+		return unpack.Result{}, fmt.Errorf("%s: no layer %d (the image has %d)", img.Ref, i, len(img.Manifest.Layers))
+	}
+	desc := img.Manifest.Layers[i]
+	rc, err := img.OpenLayer(i)
+	if err != nil {
+		return unpack.Result{}, fmt.Errorf("%s: layer %d (%s): %w", img.Ref, i, desc.Digest, err)
+	}
+	res, err := unpack.Apply(ctx, rc, dir, opts)
+	// Close checks the diff_id only after EOF, which Apply reached unless
+	// it failed; a failure is reported before a mismatch it may explain.
+	if cerr := rc.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return res, fmt.Errorf("%s: layer %d (%s): %w", img.Ref, i, desc.Digest, err)
+	}
+	return res, nil
+}

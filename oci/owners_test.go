@@ -18,6 +18,7 @@ import (
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci/layer"
+	"github.com/layerfs/layerfs/oci/unpack"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -162,7 +163,7 @@ func TestApplyRootfsTar(t *testing.T) {
 	zw.Close()
 	for name, data := range map[string][]byte{"plain": plain, "gzip": gz.Bytes(), "zstd": zs.Bytes()} {
 		dir := t.TempDir()
-		if _, err := Apply(context.Background(), bytes.NewReader(data), dir, ApplyOptions{Rootfs: true}); err != nil {
+		if _, err := unpack.Apply(context.Background(), bytes.NewReader(data), dir, unpack.Options{Rootfs: true}); err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
@@ -172,12 +173,12 @@ func TestApplyRootfsTar(t *testing.T) {
 	}
 	for _, marker := range []string{"./etc/.wh.shadow", "./etc/.wh..wh..opq"} {
 		data := tarOf(t, tarEntry{hdr: tar.Header{Name: marker, Typeflag: tar.TypeReg, Mode: 0o644}})
-		_, err := Apply(context.Background(), bytes.NewReader(data), t.TempDir(), ApplyOptions{Rootfs: true})
-		if !errors.Is(err, ErrHostile) || !inputerr.Is(err) || !strings.Contains(err.Error(), "rootfs tar") {
+		_, err := unpack.Apply(context.Background(), bytes.NewReader(data), t.TempDir(), unpack.Options{Rootfs: true})
+		if !errors.Is(err, unpack.ErrHostile) || !inputerr.Is(err) || !strings.Contains(err.Error(), "rootfs tar") {
 			t.Errorf("%s in a rootfs tar: %v, want a bad-input rejection", marker, err)
 		}
 		// As a layer, the same tar is a deletion.
-		if _, err := Apply(context.Background(), bytes.NewReader(data), t.TempDir(), ApplyOptions{}); err != nil {
+		if _, err := unpack.Apply(context.Background(), bytes.NewReader(data), t.TempDir(), unpack.Options{}); err != nil {
 			t.Errorf("%s in a layer: %v", marker, err)
 		}
 	}
@@ -240,7 +241,7 @@ func TestCommitRootfsTar(t *testing.T) {
 	}
 	bad := tarOf(t, tarEntry{hdr: tar.Header{Name: "../x", Typeflag: tar.TypeReg, Mode: 0o644}, data: "x"})
 	_, err := Commit(context.Background(), CommitOptions{RootfsTar: bytes.NewReader(bad), Image: mustRef(t, "oci:"+filepath.Join(tmp, "bad")+":t")})
-	if !errors.Is(err, ErrHostile) || !inputerr.Is(err) {
+	if !errors.Is(err, unpack.ErrHostile) || !inputerr.Is(err) {
 		t.Errorf("a hostile rootfs tar: %v", err)
 	}
 	if ents, _ := filepath.Glob(filepath.Join(tmp, "[.b]*")); len(ents) != 2 {

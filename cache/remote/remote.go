@@ -41,6 +41,7 @@ import (
 	"github.com/layerfs/layerfs/cache"
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/unpack"
 )
 
 // The artifact's media types and annotation keys.
@@ -178,7 +179,7 @@ func localFailure(err error) bool {
 // else is the tier failing.
 func (t *Tier) classify(key string, err error) error {
 	// A blob missing under a manifest that names it is a broken entry too.
-	if errors.Is(err, oci.ErrDigestMismatch) || errors.Is(err, oci.ErrDiffIDMismatch) || errors.Is(err, oci.ErrHostile) || errors.Is(err, oci.ErrNotFound) {
+	if errors.Is(err, oci.ErrDigestMismatch) || errors.Is(err, oci.ErrDiffIDMismatch) || errors.Is(err, unpack.ErrHostile) || errors.Is(err, oci.ErrNotFound) {
 		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	return err
@@ -256,7 +257,7 @@ func isKey(s string) bool {
 // unpacks it into tmp's rootfs with the hostile-tar applier, checking its
 // diff_id. Nothing unverified is parsed: a tampered blob fails before any
 // tar header of it is read.
-func (t *Tier) Pull(ctx context.Context, a *Artifact, tmp *cache.Temp, opts oci.ApplyOptions) (oci.Transfer, error) {
+func (t *Tier) Pull(ctx context.Context, a *Artifact, tmp *cache.Temp, opts unpack.Options) (oci.Transfer, error) {
 	f, err := os.OpenFile(tmp.BlobPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return oci.Transfer{}, err
@@ -279,7 +280,7 @@ func (t *Tier) Pull(ctx context.Context, a *Artifact, tmp *cache.Temp, opts oci.
 	if err != nil {
 		return tr, fmt.Errorf("%s: %w: layer %s: %w", t.repo.Tag(a.Key), ErrCorrupt, a.Layer.Digest, err)
 	}
-	_, err = oci.Apply(ctx, lr, tmp.Rootfs(), opts)
+	_, err = unpack.Apply(ctx, lr, tmp.Rootfs(), opts)
 	if cerr := lr.Close(); err == nil {
 		err = cerr
 	}

@@ -33,6 +33,7 @@ import (
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/unpack"
 )
 
 // testRegistry is ggcr's in-memory registry behind an httptest server
@@ -265,7 +266,7 @@ func makeEntry(t *testing.T, c *cache.Cache, name, seed, parent string, layer []
 	if err := os.WriteFile(tmp.BlobPath(), blob, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := oci.Apply(ctx, bytes.NewReader(layer), tmp.Rootfs(), oci.ApplyOptions{}); err != nil {
+	if _, err := unpack.Apply(ctx, bytes.NewReader(layer), tmp.Rootfs(), unpack.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	e, err := c.Insert(ctx, tmp, cache.Info{
@@ -459,7 +460,7 @@ func TestRemoteRoundTrip(t *testing.T) {
 	// Pull into another cache: the same tree, the same blob.
 	c2 := openCache(t)
 	tmp := newTemp(t, c2, "app")
-	ptr, err := tier2.Pull(ctx, a, tmp, oci.ApplyOptions{})
+	ptr, err := tier2.Pull(ctx, a, tmp, unpack.Options{})
 	if err != nil {
 		t.Fatalf("Pull: %v", err)
 	}
@@ -813,7 +814,7 @@ func TestRemoteCorruptLayerBlob(t *testing.T) {
 	} {
 		reg.setTamper(serveGet(e.Info.Digest.String(), tc.body))
 		tmp := newTemp(t, c2, "app")
-		_, err := tier.Pull(ctx, a, tmp, oci.ApplyOptions{})
+		_, err := tier.Pull(ctx, a, tmp, unpack.Options{})
 		wantCorrupt(t, "pull of a layer blob with "+tc.what, err, oci.ErrDigestMismatch)
 		requireEmptyDir(t, tmp.Rootfs(), "pull of a layer blob with "+tc.what)
 	}
@@ -821,7 +822,7 @@ func TestRemoteCorruptLayerBlob(t *testing.T) {
 	// Untampered, the same artifact pulls.
 	reg.setTamper(nil)
 	tmp := newTemp(t, c2, "app")
-	if _, err := tier.Pull(ctx, a, tmp, oci.ApplyOptions{}); err != nil {
+	if _, err := tier.Pull(ctx, a, tmp, unpack.Options{}); err != nil {
 		t.Errorf("pull once the registry serves the blob again: %v", err)
 	}
 }
@@ -903,7 +904,7 @@ func TestRemoteCorruptDiffID(t *testing.T) {
 
 	art := mustGet(t, tier, key)
 	tmp := newTemp(t, openCache(t), "crafted")
-	_, err := tier.Pull(ctx, art, tmp, oci.ApplyOptions{})
+	_, err := tier.Pull(ctx, art, tmp, unpack.Options{})
 	wantCorrupt(t, "a layer whose tar is not its diff_id", err, oci.ErrDiffIDMismatch)
 }
 
@@ -929,8 +930,8 @@ func TestRemoteHostileLayer(t *testing.T) {
 		craft(t, inputs, layer).push(t, ref, key)
 		a := mustGet(t, tier, key)
 		tmp := newTemp(t, c, "hostile")
-		_, err := tier.Pull(ctx, a, tmp, oci.ApplyOptions{})
-		wantCorrupt(t, fmt.Sprintf("hostile layer %d", i), err, oci.ErrHostile)
+		_, err := tier.Pull(ctx, a, tmp, unpack.Options{})
+		wantCorrupt(t, fmt.Sprintf("hostile layer %d", i), err, unpack.ErrHostile)
 		for _, p := range []string{filepath.Join(tmp.Dir, "escape"), filepath.Join(filepath.Dir(tmp.Dir), "escape"),
 			filepath.Join(c.Dir(), "escape"), filepath.Join(outside, "escape")} {
 			if _, err := os.Lstat(p); err == nil {
@@ -1055,7 +1056,7 @@ func TestRemoteStallTimeout(t *testing.T) {
 	})
 	tmp := newTemp(t, openCache(t), "app")
 	start = time.Now()
-	_, err = tier.Pull(ctx, a, tmp, oci.ApplyOptions{})
+	_, err = tier.Pull(ctx, a, tmp, unpack.Options{})
 	if el := time.Since(start); el > 10*time.Second {
 		t.Errorf("a pull that stalled took %s with a 500ms timeout", el)
 	}
@@ -1206,7 +1207,7 @@ func TestRemoteCorruptCompression(t *testing.T) {
 
 	art := mustGet(t, tier, key)
 	tmp := newTemp(t, openCache(t), "crafted")
-	_, err := tier.Pull(ctx, art, tmp, oci.ApplyOptions{})
+	_, err := tier.Pull(ctx, art, tmp, unpack.Options{})
 	wantCorrupt(t, "a blob with a broken gzip stream", err)
 	if remote.IsTierFailure(err) {
 		t.Errorf("a broken stream takes the tier out: %v", err)

@@ -1,4 +1,4 @@
-package oci
+package unpack
 
 import (
 	"archive/tar"
@@ -52,17 +52,8 @@ import (
 // errors are also bad input (internal/inputerr).
 var ErrHostile = errors.New("hostile layer")
 
-// ErrDigestMismatch is wrapped by every error about a blob or manifest
-// whose bytes do not match the digest (or size) that names it, and
-// ErrDiffIDMismatch by those about a layer whose tar does not match its
-// diff_id: what was read is not what was asked for.
-var (
-	ErrDigestMismatch = errors.New("content does not match its digest")
-	ErrDiffIDMismatch = errors.New("content does not match its diff_id")
-)
-
-// ApplyOptions control Apply. The zero value is usable.
-type ApplyOptions struct {
+// Options control Apply. The zero value is usable.
+type Options struct {
 	// MaxSize limits the uncompressed tar bytes read, and separately the
 	// file bytes written (a GNU sparse entry expands past its tar size);
 	// 0 means no limit. A layer past it is rejected as a decompression bomb.
@@ -77,8 +68,8 @@ type ApplyOptions struct {
 	Rootfs bool
 }
 
-// ApplyResult describes an applied layer.
-type ApplyResult struct {
+// Result describes an applied layer.
+type Result struct {
 	Entries int   // tar entries applied, whiteouts included
 	Bytes   int64 // uncompressed tar bytes read
 }
@@ -99,8 +90,8 @@ type ApplyResult struct {
 // Rejections wrap ErrHostile and are bad input. On any error dir holds a
 // partial layer, which the caller must discard. Apply reads r to its end,
 // past the tar's end-of-archive blocks, so that a digest over r is complete.
-func Apply(ctx context.Context, r io.Reader, dir string, opts ApplyOptions) (ApplyResult, error) {
-	var res ApplyResult
+func Apply(ctx context.Context, r io.Reader, dir string, opts Options) (Result, error) {
+	var res Result
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return res, err
@@ -131,31 +122,6 @@ func Apply(ctx context.Context, r io.Reader, dir string, opts ApplyOptions) (App
 	err = a.run(tar.NewReader(cr))
 	res.Entries, res.Bytes = a.entries, cr.n
 	return res, err
-}
-
-// ApplyImageLayer applies layer i of img into dir (see Apply), reading the
-// blob through img.OpenLayer, and checks the layer's diff_id once the
-// stream has been read to its end. A mismatch is an error; dir must then be
-// discarded like after any other error.
-func ApplyImageLayer(ctx context.Context, img *Image, i int, dir string, opts ApplyOptions) (ApplyResult, error) {
-	if i < 0 || i >= len(img.Manifest.Layers) {
-		return ApplyResult{}, fmt.Errorf("%s: no layer %d (the image has %d)", img.Ref, i, len(img.Manifest.Layers))
-	}
-	desc := img.Manifest.Layers[i]
-	rc, err := img.OpenLayer(i)
-	if err != nil {
-		return ApplyResult{}, fmt.Errorf("%s: layer %d (%s): %w", img.Ref, i, desc.Digest, err)
-	}
-	res, err := Apply(ctx, rc, dir, opts)
-	// Close checks the diff_id only after EOF, which Apply reached unless
-	// it failed; a failure is reported before a mismatch it may explain.
-	if cerr := rc.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return res, fmt.Errorf("%s: layer %d (%s): %w", img.Ref, i, desc.Digest, err)
-	}
-	return res, nil
 }
 
 func checkEmpty(root *os.Root, dir string) error {
@@ -228,7 +194,7 @@ type dirMeta struct {
 type applier struct {
 	ctx      context.Context
 	root     *os.Root
-	opts     ApplyOptions
+	opts     Options
 	cr       *countingReader
 	rootless bool
 	// noXattrs: the layer dir refused an override record, which was
@@ -392,7 +358,7 @@ func cleanEntryName(name string) (string, error) {
 	if name == "" {
 		return "", reject(name, "empty name")
 	}
-	rel, refused := layerPath(name)
+	rel, refused := LayerPath(name)
 	if refused != "" {
 		return "", reject(name, "%s", refused)
 	}
@@ -756,7 +722,7 @@ func (a *applier) hardlink(hdr *tar.Header, rel string) error {
 	if hdr.Linkname == "" {
 		return reject(name, "hardlink with an empty target")
 	}
-	target, refused := layerPath(hdr.Linkname)
+	target, refused := LayerPath(hdr.Linkname)
 	if refused != "" {
 		return reject(name, "hardlink target %q: %s", hdr.Linkname, refused)
 	}
