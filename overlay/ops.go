@@ -49,6 +49,9 @@ func (u *Union) prepareCreate(rel string, owner Owner, mode uint32) (Owner, uint
 	if err := u.writable(); err != nil {
 		return owner, mode, false, err
 	}
+	if err := checkNewName(rel); err != nil {
+		return owner, mode, false, err
+	}
 	if _, err := u.lookup(rel); err == nil {
 		return owner, mode, false, unix.EEXIST
 	} else if err != unix.ENOENT {
@@ -61,6 +64,16 @@ func (u *Union) prepareCreate(rel string, owner Owner, mode uint32) (Owner, uint
 	}
 	owner, mode = newOwner(&parent, owner, mode)
 	return owner, mode, u.upperWhiteoutAt(rel), nil
+}
+
+// checkNewName refuses a name that the layer format reads as a marker:
+// the object would hide what its name says instead of being seen (as
+// fuse-overlayfs, EINVAL).
+func checkNewName(rel string) error {
+	if _, name := Split(rel); IsReservedName(name) {
+		return unix.EINVAL
+	}
+	return nil
 }
 
 // place moves a finished object from the workdir to rel. Over a whiteout
@@ -398,6 +411,9 @@ func (u *Union) Rename(oldRel, newRel string, flags uint) error {
 	}
 	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
 		return unix.EINVAL
+	}
+	if err := checkNewName(newRel); err != nil {
+		return err
 	}
 	src, err := u.lookup(oldRel)
 	if err != nil {

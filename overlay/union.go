@@ -254,6 +254,9 @@ func (u *Union) lookupObject(rel string) (Object, error) {
 		return o, u.stat(&o)
 	}
 	pdir, name := Split(rel)
+	if IsReservedName(name) {
+		return o, unix.ENOENT // a marker, never an object of the merged view
+	}
 	if u.hasUpper {
 		p := u.upperAt(rel)
 		err := p.lstat(&o.Stat)
