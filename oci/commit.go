@@ -2,14 +2,12 @@ package oci
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -155,27 +153,6 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 		return res, err
 	}
 
-	var manifest v1.Manifest
-	var cfg config
-	if parent != nil {
-		manifest.Layers = append(manifest.Layers, parent.Manifest.Layers...)
-		if cfg, err = parseConfig(parent.RawConfig); err != nil {
-			return res, fmt.Errorf("%s: config: %w", parent.Ref, err)
-		}
-		if parent.Ref.Path != out.Path || parent.Ref.Transport != TransportOCI {
-			for _, l := range manifest.Layers {
-				if err := lay.CopyBlob(l.Digest, parent.src.File(l.Digest), func() (io.ReadCloser, error) { return parent.src.Open(l.Digest) }); err != nil {
-					return res, fmt.Errorf("copy %s from %s: %w", l.Digest, parent.Ref, err)
-				}
-			}
-		}
-	} else {
-		cfg = config{}
-		cfg.set("os", "linux")
-		cfg.set("architecture", runtime.GOARCH)
-	}
-	manifest.Layers = append(manifest.Layers, written.Descriptor)
-
 	created := time.Now().UTC().Truncate(time.Second)
 	switch {
 	case opts.Created != nil:
@@ -183,42 +160,16 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 	case opts.Layer.SourceDateEpoch != nil:
 		created = opts.Layer.SourceDateEpoch.UTC()
 	}
-	h := historyEntry{Created: &created, CreatedBy: "layerfs commit", Comment: opts.History, Author: opts.Config.Author}
-	cfg.appendLayer(written.DiffID, h)
-	cfg.set("created", created)
-	cfg.apply(&opts.Config)
-	rawCfg, err := cfg.marshal()
-	if err != nil {
-		return res, err
-	}
-	if manifest.Config, err = lay.PutBlob(v1.MediaTypeImageConfig, rawCfg); err != nil {
-		return res, err
-	}
-	manifest.SchemaVersion = 2
-	manifest.MediaType = v1.MediaTypeImageManifest
+	add := addedLayer{written.Descriptor, written.DiffID, historyEntry{Created: &created, CreatedBy: "layerfs commit", Comment: opts.History, Author: opts.Config.Author}}
+	var base *baseImage
 	if opts.Base != nil && parent != nil && !opts.appending {
-		// The base's name only where it names something portable: a local
-		// path would make the manifest depend on where the build ran.
-		manifest.Annotations = map[string]string{v1.AnnotationBaseImageDigest: parent.ManifestDesc.Digest.String()}
-		if opts.Base.Transport == TransportDocker {
-			manifest.Annotations[v1.AnnotationBaseImageName] = opts.Base.String()
-		}
+		base = &baseImage{parent, opts.Base}
 	}
-	rawManifest, err := json.Marshal(manifest)
+	mdesc, n, err := appendLayers(ctx, o, out.Tag, parent, base, []addedLayer{add}, &opts.Config, created)
 	if err != nil {
 		return res, err
 	}
-	mdesc, err := lay.PutBlob(v1.MediaTypeImageManifest, rawManifest)
-	if err != nil {
-		return res, err
-	}
-	osName, arch, variant := cfg.platform()
-	mdesc.Platform = &v1.Platform{OS: osName, Architecture: arch, Variant: variant}
-	mdesc.Annotations = map[string]string{v1.AnnotationRefName: out.Tag}
-	if err = o.tag(out.Tag, mdesc); err != nil {
-		return res, err
-	}
-	return CommitResult{Layer: written, Manifest: mdesc, Image: out, Layers: len(manifest.Layers)}, nil
+	return CommitResult{Layer: written, Manifest: mdesc, Image: out, Layers: n}, nil
 }
 
 // applyRootfsTar applies opts.RootfsTar into rootfs/ of a temp dir beside

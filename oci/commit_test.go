@@ -3,6 +3,7 @@ package oci
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -278,5 +279,30 @@ func TestBaseFromOCIArchive(t *testing.T) {
 	// The lower was listed from the archive's layer: only the new file is in the layer.
 	if res.Layer.Entries != 2 { // etc/ and etc/app
 		t.Errorf("layer has %d entries, want 2 (etc/, etc/app)", res.Layer.Entries)
+	}
+}
+
+// The one assembly of an image stops at a cancelled context while it
+// copies the parent's blobs, and leaves no layout behind: a commit onto a
+// base from elsewhere and a build's WriteImage both go through it.
+func TestAppendHonoursCancel(t *testing.T) {
+	d := dirs(t, "upper")
+	d[0].File("etc/app", "1")
+	src := filepath.Join(t.TempDir(), "src")
+	commit(t, CommitOptions{Upper: d[0].Root, Image: mustRef(t, "oci:"+src+":v1")})
+	parent, err := OpenImage(mustRef(t, "oci:"+src+":v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer parent.Close()
+	dst := filepath.Join(t.TempDir(), "dst")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = WriteImage(ctx, WriteImageOptions{Image: mustRef(t, "oci:"+dst+":v1"), Base: parent, Created: testEpoch})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v; want context.Canceled", err)
+	}
+	if _, err := os.Stat(dst); !os.IsNotExist(err) {
+		t.Errorf("%s after a cancelled write: %v; want nothing", dst, err)
 	}
 }

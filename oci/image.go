@@ -68,26 +68,8 @@ func WriteImage(ctx context.Context, opts WriteImageOptions) (mdesc v1.Descripto
 	}
 	defer func() { o.close(err) }()
 
-	var manifest v1.Manifest
-	cfg := config{}
-	if base := opts.Base; base != nil {
-		manifest.Layers = append(manifest.Layers, base.Manifest.Layers...)
-		if cfg, err = parseConfig(base.RawConfig); err != nil {
-			return mdesc, fmt.Errorf("%s: config: %w", base.Ref, err)
-		}
-		for _, l := range base.Manifest.Layers {
-			if err := ctx.Err(); err != nil {
-				return mdesc, err
-			}
-			if err := o.lay.CopyBlob(l.Digest, base.src.File(l.Digest), func() (io.ReadCloser, error) { return base.src.Open(l.Digest) }); err != nil {
-				return mdesc, fmt.Errorf("copy %s from %s: %w", l.Digest, base.Ref, err)
-			}
-		}
-	} else {
-		cfg.set("os", "linux")
-		cfg.set("architecture", runtime.GOARCH)
-	}
-	for _, l := range opts.Layers {
+	adds := make([]addedLayer, len(opts.Layers))
+	for i, l := range opts.Layers {
 		if err := ctx.Err(); err != nil {
 			return mdesc, err
 		}
@@ -95,40 +77,95 @@ func WriteImage(ctx context.Context, opts WriteImageOptions) (mdesc v1.Descripto
 			return mdesc, fmt.Errorf("layer %s from %s: %w", l.Descriptor.Digest, l.Blob, err)
 		}
 		created := l.Created.UTC()
-		cfg.appendLayer(l.DiffID, historyEntry{Created: &created, CreatedBy: l.CreatedBy, Comment: l.Comment, Author: opts.Config.Author})
-		manifest.Layers = append(manifest.Layers, l.Descriptor)
+		adds[i] = addedLayer{l.Descriptor, l.DiffID, historyEntry{Created: &created, CreatedBy: l.CreatedBy, Comment: l.Comment, Author: opts.Config.Author}}
 	}
-	cfg.set("created", opts.Created.UTC())
-	cfg.apply(&opts.Config)
+	var base *baseImage
+	if opts.Base != nil {
+		base = &baseImage{opts.Base, opts.BaseRef}
+	}
+	mdesc, _, err = appendLayers(ctx, o, out.Tag, opts.Base, base, adds, &opts.Config, opts.Created)
+	return mdesc, err
+}
+
+// addedLayer is a layer appendLayers puts on top, its blob already in
+// the layout.
+type addedLayer struct {
+	desc    v1.Descriptor
+	diffID  digest.Digest
+	history historyEntry
+}
+
+// baseImage is the image a build or commit started from, as its manifest
+// annotations name it: the image, and how the user named it.
+type baseImage struct {
+	img *Image
+	ref *Reference
+}
+
+// appendLayers is the one assembly of an image (as go-containerregistry's
+// mutate.Append): the parent's layers (nil: none), copied into the layout
+// where it lacks them, then adds; the parent's config (else a new one for
+// this machine's platform) with their diff_ids and history, dated created
+// and edited by ch; the manifest, annotated with base where given; and
+// the tag pointed at it. It returns the manifest's descriptor and its
+// number of layers.
+func appendLayers(ctx context.Context, o *output, tag string, parent *Image, base *baseImage, adds []addedLayer, ch *ConfigChanges, created time.Time) (mdesc v1.Descriptor, layers int, err error) {
+	var manifest v1.Manifest
+	cfg := config{}
+	if parent != nil {
+		manifest.Layers = append(manifest.Layers, parent.Manifest.Layers...)
+		if cfg, err = parseConfig(parent.RawConfig); err != nil {
+			return mdesc, 0, fmt.Errorf("%s: config: %w", parent.Ref, err)
+		}
+		for _, l := range parent.Manifest.Layers {
+			if err := ctx.Err(); err != nil {
+				return mdesc, 0, err
+			}
+			if err := o.lay.CopyBlob(l.Digest, parent.src.File(l.Digest), func() (io.ReadCloser, error) { return parent.src.Open(l.Digest) }); err != nil {
+				return mdesc, 0, fmt.Errorf("copy %s from %s: %w", l.Digest, parent.Ref, err)
+			}
+		}
+	} else {
+		cfg.set("os", "linux")
+		cfg.set("architecture", runtime.GOARCH)
+	}
+	for _, a := range adds {
+		cfg.appendLayer(a.diffID, a.history)
+		manifest.Layers = append(manifest.Layers, a.desc)
+	}
+	cfg.set("created", created.UTC())
+	cfg.apply(ch)
 	rawCfg, err := cfg.marshal()
 	if err != nil {
-		return mdesc, err
+		return mdesc, 0, err
 	}
 	if manifest.Config, err = o.lay.PutBlob(v1.MediaTypeImageConfig, rawCfg); err != nil {
-		return mdesc, err
+		return mdesc, 0, err
 	}
 	manifest.SchemaVersion = 2
 	manifest.MediaType = v1.MediaTypeImageManifest
-	if opts.Base != nil {
-		manifest.Annotations = map[string]string{v1.AnnotationBaseImageDigest: opts.Base.ManifestDesc.Digest.String()}
-		if opts.BaseRef != nil && opts.BaseRef.Transport == TransportDocker {
-			manifest.Annotations[v1.AnnotationBaseImageName] = opts.BaseRef.String()
+	if base != nil {
+		// The base's name only where it names something portable: a local
+		// path would make the manifest depend on where the build ran.
+		manifest.Annotations = map[string]string{v1.AnnotationBaseImageDigest: base.img.ManifestDesc.Digest.String()}
+		if base.ref != nil && base.ref.Transport == TransportDocker {
+			manifest.Annotations[v1.AnnotationBaseImageName] = base.ref.String()
 		}
 	}
 	rawManifest, err := json.Marshal(manifest)
 	if err != nil {
-		return mdesc, err
+		return mdesc, 0, err
 	}
 	if mdesc, err = o.lay.PutBlob(v1.MediaTypeImageManifest, rawManifest); err != nil {
-		return mdesc, err
+		return mdesc, 0, err
 	}
 	osName, arch, variant := cfg.platform()
 	mdesc.Platform = &v1.Platform{OS: osName, Architecture: arch, Variant: variant}
-	mdesc.Annotations = map[string]string{v1.AnnotationRefName: out.Tag}
-	if err = o.tag(out.Tag, mdesc); err != nil {
-		return mdesc, err
+	mdesc.Annotations = map[string]string{v1.AnnotationRefName: tag}
+	if err = o.tag(tag, mdesc); err != nil {
+		return mdesc, 0, err
 	}
-	return mdesc, nil
+	return mdesc, len(manifest.Layers), nil
 }
 
 // BlobFile is the file holding blob d of the image when it is stored as
