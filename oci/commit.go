@@ -19,6 +19,7 @@ import (
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/oci/unpack"
+	"github.com/layerfs/layerfs/oci/view"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -136,7 +137,7 @@ func Commit(ctx context.Context, opts CommitOptions) (res CommitResult, err erro
 	case len(opts.Lowers) > 0:
 		lower = overlay.NewStack(opts.Lowers...)
 	case parent != nil:
-		if lower, err = ListImage(ctx, parent); err != nil {
+		if lower, err = view.List(ctx, parent); err != nil {
 			return res, err
 		}
 	}

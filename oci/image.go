@@ -168,6 +168,15 @@ func appendLayers(ctx context.Context, o *output, tag string, parent *Image, bas
 	return mdesc, len(manifest.Layers), nil
 }
 
+// String names the image in messages: its reference.
+func (img *Image) String() string { return img.Ref.String() }
+
+// NumLayers is the number of layers of the image.
+func (img *Image) NumLayers() int { return len(img.Manifest.Layers) }
+
+// LayerDigest is the digest of layer i's blob.
+func (img *Image) LayerDigest(i int) digest.Digest { return img.Manifest.Layers[i].Digest }
+
 // BlobFile is the file holding blob d of the image when it is stored as
 // one (an oci: layout), else "".
 func (img *Image) BlobFile(d digest.Digest) string { return img.src.File(d) }

@@ -16,6 +16,7 @@ import (
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci/layer"
+	"github.com/layerfs/layerfs/oci/view"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -335,7 +336,7 @@ func overlayUpper(t *testing.T, lower string, change func(testutil.Tree)) string
 }
 
 // listing is the lower view of an image made of dir as its one layer.
-func listing(t *testing.T, dir string) *Listing {
+func listing(t *testing.T, dir string) *view.Listing {
 	t.Helper()
 	ref, err := ParseReference("oci:" + filepath.Join(t.TempDir(), "img") + ":t")
 	if err != nil {
@@ -350,7 +351,7 @@ func listing(t *testing.T, dir string) *Listing {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	l, err := ListImage(context.Background(), img)
+	l, err := view.List(context.Background(), img)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,15 +19,16 @@ import (
 
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
+	"github.com/layerfs/layerfs/oci/view"
 	"github.com/layerfs/layerfs/overlay"
 )
 
 // viewLines renders every path of v, one line each:
 // PATH TYPE MODE UID:GID L<layer> [-> LINK] [links=...] [xattrs].
-func viewLines(t *testing.T, v *View) []string {
+func viewLines(t *testing.T, v *view.View) []string {
 	t.Helper()
 	var out []string
-	err := v.Walk(context.Background(), "/", func(e ViewEntry) error {
+	err := v.Walk(context.Background(), "/", func(e view.Entry) error {
 		m := e.Meta
 		line := fmt.Sprintf("%s %s %04o %d:%d L%d", e.Path, m.Type, m.Mode, m.UID, m.GID, e.Layer+1)
 		if m.Type == overlay.TypeSymlink {
@@ -53,16 +54,16 @@ func viewLines(t *testing.T, v *View) []string {
 	return out
 }
 
-func openView(t *testing.T, img *Image) *View {
+func openView(t *testing.T, img *Image) *view.View {
 	t.Helper()
-	v, err := OpenView(context.Background(), img, ViewOptions{Digests: true})
+	v, err := view.Open(context.Background(), img, view.Options{Digests: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return v
 }
 
-func catView(t *testing.T, v *View, p string) string {
+func catView(t *testing.T, v *view.View, p string) string {
 	t.Helper()
 	r, err := v.Open(context.Background(), p)
 	if err != nil {
@@ -181,7 +182,7 @@ func TestViewMergesCommittedLayers(t *testing.T) {
 				files++
 			}
 		}
-		if want := (LayerCount{Entries: len(lines), Files: files, Whiteouts: wh}); counts[i] != want {
+		if want := (view.LayerCount{Entries: len(lines), Files: files, Whiteouts: wh}); counts[i] != want {
 			t.Errorf("layer %d counts %+v, want %+v (from %q)", i+1, counts[i], want, lines)
 		}
 	}
@@ -334,7 +335,7 @@ func TestViewAppliesLayersAsUnpackersDo(t *testing.T) {
 		{"bad whiteout", tarOf(t, regHdr("d/.wh..", "")), `invalid whiteout`},
 	} {
 		img := testImage(t, []layerBlob{{data: l1}, {data: c.layer}})
-		_, err := OpenView(context.Background(), img, ViewOptions{})
+		_, err := view.Open(context.Background(), img, view.Options{})
 		if err == nil || !inputerr.Is(err) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "layer 2 of 2") {
 			t.Errorf("%s: %v; want bad input naming layer 2 of 2 and %q", c.name, err, c.want)
 		}
@@ -347,17 +348,17 @@ func TestViewAppliesLayersAsUnpackersDo(t *testing.T) {
 func TestViewChecksContent(t *testing.T) {
 	l1 := tarOf(t, regHdr("a", "aaaa"), regHdr("b", "bbbb"))
 	img := testImage(t, []layerBlob{{data: l1, diffID: digest.Digest("sha256:" + strings.Repeat("0", 64))}})
-	if _, err := OpenView(context.Background(), img, ViewOptions{}); err == nil || !inputerr.Is(err) || !strings.Contains(err.Error(), "does not match") {
+	if _, err := view.Open(context.Background(), img, view.Options{}); err == nil || !inputerr.Is(err) || !strings.Contains(err.Error(), "does not match") {
 		t.Errorf("wrong diff_id: %v; want bad input, does not match", err)
 	}
-	if _, err := CountLayers(context.Background(), img); err == nil || !strings.Contains(err.Error(), "does not match") {
-		t.Errorf("CountLayers with a wrong diff_id: %v", err)
+	if _, err := view.CountLayers(context.Background(), img); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("view.CountLayers with a wrong diff_id: %v", err)
 	}
 
 	// A truncated blob is a bad layer (exit 2), not a failed read.
 	trunc := gzipBytes(t, tarOf(t, regHdr("a", strings.Repeat("a", 100000))))
 	img = testImage(t, []layerBlob{{data: trunc[:len(trunc)/2], diffID: digest.FromBytes(nil)}})
-	if _, err := OpenView(context.Background(), img, ViewOptions{}); err == nil || !inputerr.Is(err) || !strings.Contains(err.Error(), "layer 1 of 1") {
+	if _, err := view.Open(context.Background(), img, view.Options{}); err == nil || !inputerr.Is(err) || !strings.Contains(err.Error(), "layer 1 of 1") {
 		t.Errorf("truncated layer: %v; want bad input naming layer 1 of 1", err)
 	}
 
@@ -384,12 +385,12 @@ func TestViewChecksContent(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := OpenView(ctx, img, ViewOptions{}); !errors.Is(err, context.Canceled) {
-		t.Errorf("OpenView with a cancelled context: %v", err)
+	if _, err := view.Open(ctx, img, view.Options{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("view.Open with a cancelled context: %v", err)
 	}
 }
 
-// DiffViews lists exactly what a layer changed: contents (also of the
+// view.Diff lists exactly what a layer changed: contents (also of the
 // same size), modes, owners, link targets, xattrs, types; the tops of
 // removed trees; every path of an added tree; mtimes only when asked.
 func TestDiffViews(t *testing.T) {
@@ -420,7 +421,7 @@ func TestDiffViews(t *testing.T) {
 		dirHdr("keep/", 0o755), regHdr("keep/.wh.old", ""), regHdr("keep/added", "a"))
 	a := openView(t, testImage(t, []layerBlob{{data: l1}}))
 	b := openView(t, testImage(t, []layerBlob{{data: l1}, {data: l2}}))
-	render := func(cs []ViewChange) []string {
+	render := func(cs []view.Change) []string {
 		var out []string
 		for _, c := range cs {
 			out = append(out, fmt.Sprintf("%s %s %s", c.Kind, c.Path, strings.Join(c.Fields, ",")))
@@ -444,20 +445,20 @@ func TestDiffViews(t *testing.T) {
 		"changed /owner owner",
 		"changed /xattr xattrs",
 	}
-	got, err := DiffViews(context.Background(), a, b, ViewDiffOptions{})
+	got, err := view.Diff(context.Background(), a, b, view.DiffOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sameLines(t, "diff", render(got), want)
 
-	got, _ = DiffViews(context.Background(), a, b, ViewDiffOptions{Mtime: true})
+	got, _ = view.Diff(context.Background(), a, b, view.DiffOptions{Mtime: true})
 	if !slices.Contains(render(got), "changed /mtime mtime") {
 		t.Errorf("with Mtime, the mtime-only change is missing: %q", render(got))
 	}
-	if got, _ := DiffViews(context.Background(), b, b, ViewDiffOptions{Mtime: true}); len(got) != 0 {
+	if got, _ := view.Diff(context.Background(), b, b, view.DiffOptions{Mtime: true}); len(got) != 0 {
 		t.Errorf("a view differs from itself: %q", render(got))
 	}
-	back, _ := DiffViews(context.Background(), b, a, ViewDiffOptions{})
+	back, _ := view.Diff(context.Background(), b, a, view.DiffOptions{})
 	if r := render(back); !slices.Contains(r, "added /gone ") || !slices.Contains(r, "added /gone/sub/b ") || !slices.Contains(r, "removed /new ") || slices.Contains(r, "removed /new/sub ") {
 		t.Errorf("reverse diff: %q", r)
 	}

@@ -4,7 +4,7 @@ import (
 	"bufio"
 	"io"
 
-	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/view"
 )
 
 type catCmd struct {
@@ -22,7 +22,7 @@ func (c *catCmd) Run(e *env) error {
 	defer img.Close()
 	// Digests let Open check the bytes it reads a second time against
 	// the pass that verified the layer's diff_id.
-	v, err := oci.OpenView(e.ctx, img, oci.ViewOptions{Digests: true})
+	v, err := view.Open(e.ctx, img, view.Options{Digests: true})
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/view"
 )
 
 type diffCmd struct {
@@ -31,7 +31,7 @@ type diffChanged struct {
 }
 
 func (c *diffCmd) Run(e *env) error {
-	var views [2]*oci.View
+	var views [2]*view.View
 	for i, s := range []string{c.Ref1, c.Ref2} {
 		img, err := c.open(e, s)
 		if err != nil {
@@ -40,11 +40,11 @@ func (c *diffCmd) Run(e *env) error {
 		defer img.Close()
 		// One after the other: each view already reads its layers in
 		// parallel, and a second image's reads would only compete.
-		if views[i], err = oci.OpenView(e.ctx, img, oci.ViewOptions{Digests: true}); err != nil {
+		if views[i], err = view.Open(e.ctx, img, view.Options{Digests: true}); err != nil {
 			return err
 		}
 	}
-	changes, err := oci.DiffViews(e.ctx, views[0], views[1], oci.ViewDiffOptions{Mtime: c.Mtime})
+	changes, err := view.Diff(e.ctx, views[0], views[1], view.DiffOptions{Mtime: c.Mtime})
 	if err != nil {
 		return err
 	}
@@ -53,11 +53,11 @@ func (c *diffCmd) Run(e *env) error {
 		out := diffJSON{Added: []string{}, Removed: []string{}, Changed: []diffChanged{}}
 		for _, ch := range changes {
 			switch ch.Kind {
-			case oci.ChangeAdded:
+			case view.ChangeAdded:
 				out.Added = append(out.Added, ch.Path)
-			case oci.ChangeRemoved:
+			case view.ChangeRemoved:
 				out.Removed = append(out.Removed, ch.Path)
-			case oci.ChangeChanged:
+			case view.ChangeChanged:
 				out.Changed = append(out.Changed, diffChanged{Path: ch.Path, Fields: ch.Fields})
 			}
 		}
@@ -71,11 +71,11 @@ func (c *diffCmd) Run(e *env) error {
 	// The letters of docker diff: A added, D deleted, C changed.
 	for _, ch := range changes {
 		switch ch.Kind {
-		case oci.ChangeAdded:
+		case view.ChangeAdded:
 			fmt.Fprintf(w, "A %s\n", ch.Path)
-		case oci.ChangeRemoved:
+		case view.ChangeRemoved:
 			fmt.Fprintf(w, "D %s\n", ch.Path)
-		case oci.ChangeChanged:
+		case view.ChangeChanged:
 			fmt.Fprintf(w, "C %s (%s)\n", ch.Path, strings.Join(ch.Fields, ", "))
 		}
 	}

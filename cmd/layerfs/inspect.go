@@ -13,6 +13,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/view"
 )
 
 type inspectCmd struct {
@@ -73,9 +74,9 @@ func (c *inspectCmd) Run(e *env) error {
 		return err
 	}
 	defer img.Close()
-	var counts []oci.LayerCount
+	var counts []view.LayerCount
 	if !c.NoCount {
-		if counts, err = oci.CountLayers(e.ctx, img); err != nil {
+		if counts, err = view.CountLayers(e.ctx, img); err != nil {
 			return err
 		}
 	}
@@ -93,7 +94,7 @@ func (c *inspectCmd) Run(e *env) error {
 	return w.Flush()
 }
 
-func describeImage(img *oci.Image, counts []oci.LayerCount) inspectJSON {
+func describeImage(img *oci.Image, counts []view.LayerCount) inspectJSON {
 	cfg := img.Config
 	ic := cfg.Config
 	out := inspectJSON{

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/oci"
+	"github.com/layerfs/layerfs/oci/view"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -53,7 +54,7 @@ func (c *lsCmd) Run(e *env) error {
 		return err
 	}
 	defer img.Close()
-	v, err := oci.OpenView(e.ctx, img, oci.ViewOptions{Digests: c.Digests})
+	v, err := view.Open(e.ctx, img, view.Options{Digests: c.Digests})
 	if err != nil {
 		return err
 	}
@@ -63,12 +64,12 @@ func (c *lsCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	var entries []oci.ViewEntry
+	var entries []view.Entry
 	switch {
 	case top.Meta.Type != overlay.TypeDir:
-		entries = []oci.ViewEntry{top}
+		entries = []view.Entry{top}
 	case c.Recursive:
-		err = v.Walk(e.ctx, top.Path, func(ve oci.ViewEntry) error {
+		err = v.Walk(e.ctx, top.Path, func(ve view.Entry) error {
 			if ve.Path != top.Path {
 				entries = append(entries, ve)
 			}
@@ -115,7 +116,7 @@ type lsEntry struct {
 	Digest string            `json:"digest,omitempty"`
 }
 
-func jsonEntry(ve oci.ViewEntry) lsEntry {
+func jsonEntry(ve view.Entry) lsEntry {
 	m := ve.Meta
 	j := lsEntry{
 		Path:   ve.Path,
@@ -147,7 +148,7 @@ func jsonEntry(ve oci.ViewEntry) lsEntry {
 
 // writeEntriesJSON streams one JSON array, an element a line, so that
 // a listing of a whole image is never held twice in memory.
-func writeEntriesJSON(w io.Writer, entries []oci.ViewEntry) error {
+func writeEntriesJSON(w io.Writer, entries []view.Entry) error {
 	if len(entries) == 0 {
 		_, err := io.WriteString(w, "[]\n")
 		return err
@@ -231,7 +232,7 @@ func modeString(t overlay.Type, mode uint32) string {
 
 // writeEntriesLong prints ls -l style lines with aligned columns:
 // MODE NLINK UID:GID SIZE MTIME LAYER PATH [-> TARGET].
-func writeEntriesLong(w io.Writer, entries []oci.ViewEntry) {
+func writeEntriesLong(w io.Writer, entries []view.Entry) {
 	type row struct{ mode, nlink, owner, size, mtime, layer, name string }
 	rows := make([]row, len(entries))
 	var wn, wo, ws, wl int

@@ -1,4 +1,4 @@
-package oci
+package view
 
 import (
 	"archive/tar"
@@ -37,7 +37,7 @@ import (
 // ignored, as appliers ignore them), and a later entry at one name
 // replaces that name alone.
 type View struct {
-	img    *Image
+	img    Image
 	root   *viewNode
 	counts []LayerCount
 
@@ -45,10 +45,10 @@ type View struct {
 	links     map[*viewInode][]string
 }
 
-// ViewOptions say what a View records beyond names and metadata.
-type ViewOptions struct {
+// Options say what a View records beyond names and metadata.
+type Options struct {
 	// Digests hashes every regular file's content (sha256) as the layers
-	// stream past: DiffViews compares contents by it, and Open checks
+	// stream past: Diff compares contents by it, and Open checks
 	// the bytes it reads a second time against it.
 	Digests bool
 }
@@ -63,8 +63,8 @@ type LayerCount struct {
 	Whiteouts int
 }
 
-// ViewEntry describes one path of a View.
-type ViewEntry struct {
+// Entry describes one path of a View.
+type Entry struct {
 	// Path is absolute and clean; the root is "/".
 	Path string
 	Meta overlay.Meta
@@ -119,18 +119,18 @@ type viewNotFound struct{ why string }
 func (e viewNotFound) Error() string      { return "no such file or directory in the image" + e.why }
 func (viewNotFound) Is(target error) bool { return target == fs.ErrNotExist }
 
-// OpenView builds the merged view of img's layers. The View reads img
+// Open builds the merged view of img's layers. The View reads img
 // again in Open, so img must stay open while the View is used.
-func OpenView(ctx context.Context, img *Image, opts ViewOptions) (*View, error) {
+func Open(ctx context.Context, img Image, opts Options) (*View, error) {
 	v := &View{
 		img:    img,
 		root:   newDirNode(overlay.Meta{Type: overlay.TypeDir, Mode: 0o755}, 0),
-		counts: make([]LayerCount, len(img.Manifest.Layers)),
+		counts: make([]LayerCount, img.NumLayers()),
 	}
 	err := readLayers(ctx, img, opts.Digests, true, func(i int, recs []viewRecord, c LayerCount) error {
 		v.counts[i] = c
 		if err := v.apply(i, recs); err != nil {
-			return fmt.Errorf("%s: layer %d of %d (%s): %w", img.Ref, i+1, len(img.Manifest.Layers), img.Manifest.Layers[i].Digest, err)
+			return fmt.Errorf("%s: layer %d of %d (%s): %w", img, i+1, img.NumLayers(), img.LayerDigest(i), err)
 		}
 		return nil
 	})
@@ -142,8 +142,8 @@ func OpenView(ctx context.Context, img *Image, opts ViewOptions) (*View, error) 
 
 // CountLayers reads every layer of img, checking its diff_id, and counts
 // its entries.
-func CountLayers(ctx context.Context, img *Image) ([]LayerCount, error) {
-	counts := make([]LayerCount, len(img.Manifest.Layers))
+func CountLayers(ctx context.Context, img Image) ([]LayerCount, error) {
+	counts := make([]LayerCount, img.NumLayers())
 	err := readLayers(ctx, img, false, false, func(i int, _ []viewRecord, c LayerCount) error {
 		counts[i] = c
 		return nil
@@ -180,8 +180,8 @@ const (
 // readLayers parses the layers concurrently (a registry's downloads and
 // the decompression of several layers overlap) and hands each layer's
 // records to fn in layer order, which is the order the merge needs.
-func readLayers(ctx context.Context, img *Image, digests, keep bool, fn func(i int, recs []viewRecord, c LayerCount) error) error {
-	n := len(img.Manifest.Layers)
+func readLayers(ctx context.Context, img Image, digests, keep bool, fn func(i int, recs []viewRecord, c LayerCount) error) error {
+	n := img.NumLayers()
 	ctx, cancel := context.WithCancel(ctx)
 	type result struct {
 		recs []viewRecord
@@ -241,10 +241,10 @@ func readLayers(ctx context.Context, img *Image, digests, keep bool, fn func(i i
 }
 
 // parseLayer reads layer i to its end, which checks its diff_id.
-func parseLayer(ctx context.Context, img *Image, i int, digests, keep bool) (recs []viewRecord, c LayerCount, err error) {
-	desc := img.Manifest.Layers[i]
+func parseLayer(ctx context.Context, img Image, i int, digests, keep bool) (recs []viewRecord, c LayerCount, err error) {
+	d := img.LayerDigest(i)
 	where := func(err error) error {
-		return fmt.Errorf("%s: layer %d of %d (%s): %w", img.Ref, i+1, len(img.Manifest.Layers), desc.Digest, err)
+		return fmt.Errorf("%s: layer %d of %d (%s): %w", img, i+1, img.NumLayers(), d, err)
 	}
 	r, err := img.OpenLayer(i)
 	if err != nil {
@@ -523,7 +523,7 @@ func (v *View) lookup(p string, followLast bool) (string, *viewNode, error) {
 		err = viewNotFound{}
 	}
 	if err != nil {
-		return "", nil, inputerr.New("%s: %s: %w", v.img.Ref, p, err)
+		return "", nil, inputerr.New("%s: %s: %w", v.img, p, err)
 	}
 	return "/" + strings.Join(names, "/"), nodes[len(nodes)-1], nil
 }
@@ -531,16 +531,16 @@ func (v *View) lookup(p string, followLast bool) (string, *viewNode, error) {
 // Stat describes the object at p, following symlinks in every component
 // but the last (and the last too when followLast). Path is the resolved
 // path. A missing p is bad input that wraps fs.ErrNotExist.
-func (v *View) Stat(p string, followLast bool) (ViewEntry, error) {
+func (v *View) Stat(p string, followLast bool) (Entry, error) {
 	rp, n, err := v.lookup(p, followLast)
 	if err != nil {
-		return ViewEntry{}, err
+		return Entry{}, err
 	}
 	return v.entry(rp, n), nil
 }
 
-func (v *View) entry(p string, n *viewNode) ViewEntry {
-	e := ViewEntry{Path: p, Meta: n.ino.meta, Layer: n.layer}
+func (v *View) entry(p string, n *viewNode) Entry {
+	e := Entry{Path: p, Meta: n.ino.meta, Layer: n.layer}
 	if n.ino.sum != nil {
 		e.Digest = digest.NewDigestFromBytes(digest.SHA256, n.ino.sum)
 	}
@@ -561,15 +561,15 @@ func (v *View) entry(p string, n *viewNode) ViewEntry {
 
 // ReadDir describes the entries of the directory at p (resolved as Stat
 // with followLast), sorted by name.
-func (v *View) ReadDir(p string) ([]ViewEntry, error) {
+func (v *View) ReadDir(p string) ([]Entry, error) {
 	rp, n, err := v.lookup(p, true)
 	if err != nil {
 		return nil, err
 	}
 	if !n.isDir() {
-		return nil, inputerr.New("%s: %s: %w", v.img.Ref, rp, errViewNotDir)
+		return nil, inputerr.New("%s: %s: %w", v.img, rp, errViewNotDir)
 	}
-	out := make([]ViewEntry, 0, len(n.kids))
+	out := make([]Entry, 0, len(n.kids))
 	for _, name := range slices.Sorted(maps.Keys(n.kids)) {
 		out = append(out, v.entry(joinViewPath(rp, name), n.kids[name]))
 	}
@@ -608,7 +608,7 @@ func (v *View) findLinks() {
 // false) and, when it is a directory, for everything beneath it,
 // depth-first with names in byte order; symlinks are not followed.
 // The root itself is passed as "/".
-func (v *View) Walk(ctx context.Context, p string, fn func(ViewEntry) error) error {
+func (v *View) Walk(ctx context.Context, p string, fn func(Entry) error) error {
 	rp, n, err := v.lookup(p, false)
 	if err != nil {
 		return err
@@ -648,12 +648,12 @@ func (v *View) Open(ctx context.Context, p string) (io.ReadCloser, error) {
 		return nil, err
 	}
 	if t := n.ino.meta.Type; t != overlay.TypeReg {
-		return nil, inputerr.New("%s: %s: is a %s, not a regular file", v.img.Ref, rp, t)
+		return nil, inputerr.New("%s: %s: is a %s, not a regular file", v.img, rp, t)
 	}
 	ino := n.ino
-	desc := v.img.Manifest.Layers[ino.layer]
+	d := v.img.LayerDigest(ino.layer)
 	where := func(err error) error {
-		return fmt.Errorf("%s: %s: layer %d (%s): %w", v.img.Ref, rp, ino.layer+1, desc.Digest, err)
+		return fmt.Errorf("%s: %s: layer %d (%s): %w", v.img, rp, ino.layer+1, d, err)
 	}
 	r, err := v.img.OpenLayer(ino.layer)
 	if err != nil {
@@ -713,8 +713,8 @@ func (f *viewFile) Read(p []byte) (int, error) {
 // the content digest covers what was read.
 func (f *viewFile) Close() error { return f.layer.Close() }
 
-// ViewChange is one path that differs between two views.
-type ViewChange struct {
+// Change is one path that differs between two views.
+type Change struct {
 	Path string
 	Kind ChangeKind
 	// Fields say what changed, for ChangeChanged: "type", "mode",
@@ -732,21 +732,21 @@ const (
 	ChangeChanged ChangeKind = "changed"
 )
 
-// ViewDiffOptions tune DiffViews.
-type ViewDiffOptions struct {
+// DiffOptions tune Diff.
+type DiffOptions struct {
 	// Mtime counts a different mtime as a change. Off by default: a
 	// rebuild with another date (or clamped to another epoch) changes
 	// every mtime and nothing else.
 	Mtime bool
 }
 
-// DiffViews lists the paths added, removed and changed from a to b,
+// Diff lists the paths added, removed and changed from a to b,
 // sorted by path. Everything beneath an added directory is listed as
 // added; a removed path is listed alone (what was beneath it went with
 // it), as is a directory that became something else. Contents compare
 // by digest when both views hash them, else by size only.
-func DiffViews(ctx context.Context, a, b *View, opts ViewDiffOptions) ([]ViewChange, error) {
-	var out []ViewChange
+func Diff(ctx context.Context, a, b *View, opts DiffOptions) ([]Change, error) {
+	var out []Change
 	count := 0
 	var added func(p string, n *viewNode) error
 	added = func(p string, n *viewNode) error {
@@ -755,7 +755,7 @@ func DiffViews(ctx context.Context, a, b *View, opts ViewDiffOptions) ([]ViewCha
 				return err
 			}
 		}
-		out = append(out, ViewChange{Path: p, Kind: ChangeAdded})
+		out = append(out, Change{Path: p, Kind: ChangeAdded})
 		for name, k := range n.kids {
 			if err := added(p+"/"+name, k); err != nil {
 				return err
@@ -772,7 +772,7 @@ func DiffViews(ctx context.Context, a, b *View, opts ViewDiffOptions) ([]ViewCha
 		}
 		for name := range x.kids {
 			if y.kids[name] == nil {
-				out = append(out, ViewChange{Path: p + "/" + name, Kind: ChangeRemoved})
+				out = append(out, Change{Path: p + "/" + name, Kind: ChangeRemoved})
 			}
 		}
 		for name, yk := range y.kids {
@@ -785,7 +785,7 @@ func DiffViews(ctx context.Context, a, b *View, opts ViewDiffOptions) ([]ViewCha
 				continue
 			}
 			if f := changedFields(&xk.ino.meta, &yk.ino.meta, xk.ino.sum, yk.ino.sum, opts); len(f) > 0 {
-				out = append(out, ViewChange{Path: kp, Kind: ChangeChanged, Fields: f})
+				out = append(out, Change{Path: kp, Kind: ChangeChanged, Fields: f})
 			}
 			switch {
 			case xk.isDir() && yk.isDir():
@@ -803,16 +803,16 @@ func DiffViews(ctx context.Context, a, b *View, opts ViewDiffOptions) ([]ViewCha
 		return nil
 	}
 	if f := changedFields(&a.root.ino.meta, &b.root.ino.meta, nil, nil, opts); len(f) > 0 {
-		out = append(out, ViewChange{Path: "/", Kind: ChangeChanged, Fields: f})
+		out = append(out, Change{Path: "/", Kind: ChangeChanged, Fields: f})
 	}
 	if err := rec("", a.root, b.root); err != nil {
 		return nil, err
 	}
-	slices.SortFunc(out, func(x, y ViewChange) int { return strings.Compare(x.Path, y.Path) })
+	slices.SortFunc(out, func(x, y Change) int { return strings.Compare(x.Path, y.Path) })
 	return out, nil
 }
 
-func changedFields(x, y *overlay.Meta, xs, ys []byte, opts ViewDiffOptions) []string {
+func changedFields(x, y *overlay.Meta, xs, ys []byte, opts DiffOptions) []string {
 	if x.Type != y.Type {
 		return []string{"type"}
 	}

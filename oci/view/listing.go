@@ -1,4 +1,4 @@
-package oci
+package view
 
 import (
 	"archive/tar"
@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/oci/unpack"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -29,23 +30,23 @@ type listNode struct {
 
 var _ overlay.Lower = (*Listing)(nil)
 
-// ListImage builds the merged view of img's layers.
-func ListImage(ctx context.Context, img *Image) (*Listing, error) {
+// List builds the merged view of img's layers.
+func List(ctx context.Context, img Image) (*Listing, error) {
 	l := &Listing{nodes: map[string]*listNode{"": {meta: overlay.Meta{Type: overlay.TypeDir, Mode: 0o755}, children: map[string]bool{}}}}
-	for i := range img.Manifest.Layers {
+	for i := range img.NumLayers() {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		r, err := img.OpenLayer(i)
 		if err != nil {
-			return nil, fmt.Errorf("%s: layer %d: %w", img.Ref, i, err)
+			return nil, fmt.Errorf("%s: layer %d: %w", img, i, err)
 		}
 		err = l.apply(r)
 		if cerr := r.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s: layer %d (%s): %w", img.Ref, i, img.Manifest.Layers[i].Digest, err)
+			return nil, fmt.Errorf("%s: layer %d (%s): %w", img, i, img.LayerDigest(i), err)
 		}
 	}
 	return l, nil
@@ -229,4 +230,13 @@ func (l *Listing) SameContent(rel, p string) (bool, error) {
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
 	return sum == n.sum, nil
+}
+
+// cleanName is unpack.LayerPath for the views (both merges): a refused name is bad input.
+func cleanName(name string) (string, error) {
+	rel, refused := unpack.LayerPath(name)
+	if refused != "" {
+		return "", inputerr.New("tar entry %q: %s", name, refused)
+	}
+	return rel, nil
 }
