@@ -135,6 +135,29 @@ func List() ([]MountInfo, error) {
 // list does List, for one mountpoint only when only is set: telling a
 // mount alive takes a statfs of it, which makes a concurrent umount of
 // that mount fail with EBUSY, so others are left alone.
+// InUse returns a test of whether a live layerfs mount uses a dir, as
+// its upper or one of its lowers, or holds one of those below it: such a
+// dir (a cache entry, say) must outlive a prune or a removal.
+func InUse() (func(dir string) bool, error) {
+	mounts, err := List()
+	if err != nil {
+		return nil, err
+	}
+	return func(dir string) bool {
+		for _, m := range mounts {
+			if !m.Mounted {
+				continue
+			}
+			for _, p := range append([]string{m.Upper}, m.Lowers...) {
+				if p != "" && (p == dir || strings.HasPrefix(p, dir+string(filepath.Separator))) {
+					return true
+				}
+			}
+		}
+		return false
+	}, nil
+}
+
 func list(only string) ([]MountInfo, error) {
 	// Records first, then the kernel's list: a daemon mounts, then
 	// records, so a record read here has its mount in the list read after.

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -49,7 +48,7 @@ func (c *cacheCmd) openForRemoval() (*cache.Cache, func(string) bool, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	inUse, err := mountedEntries()
+	inUse, err := fs.InUse()
 	return ca, inUse, err
 }
 
@@ -124,28 +123,6 @@ func (c *cachePruneCmd) Run(e *env, parent *cacheCmd) error {
 		fmt.Fprintf(e.stdout, "%s %s (%s)\n", verb, en.Name(), cache.FormatSize(en.DiskSize))
 	}
 	return err
-}
-
-// mountedEntries reports whether a live layerfs mount uses an entry dir,
-// as a lower or an upper: such an entry must outlive a prune.
-func mountedEntries() (func(string) bool, error) {
-	mounts, err := fs.List()
-	if err != nil {
-		return nil, err
-	}
-	return func(dir string) bool {
-		for _, m := range mounts {
-			if !m.Mounted {
-				continue
-			}
-			for _, p := range append([]string{m.Upper}, m.Lowers...) {
-				if p != "" && (p == dir || strings.HasPrefix(p, dir+string(filepath.Separator))) {
-					return true
-				}
-			}
-		}
-		return false
-	}, nil
 }
 
 type cacheRmCmd struct {
