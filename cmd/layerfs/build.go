@@ -7,9 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/layerfs/layerfs/cache"
@@ -137,8 +135,8 @@ func (c *buildCmd) Run(e *env) error {
 	if c.Quiet {
 		output = nil
 	}
-	tiers := newTierSet(remote.Options{Insecure: c.Insecure, Timeout: c.CacheTimeout})
-	from, to, err := tiers.open(spec.Cache)
+	tiers := remote.NewSet(remote.Options{Insecure: c.Insecure, Timeout: c.CacheTimeout})
+	from, to, err := tiers.Open(spec.Cache.From, spec.Cache.To)
 	if err != nil {
 		return err
 	}
@@ -175,13 +173,15 @@ func (c *buildCmd) Run(e *env) error {
 }
 
 // runSet builds several specs, in the order their images need.
-func (c *buildCmd) runSet(e *env, specs []*layers.Spec, opts layers.Options, tiers *tierSet) error {
+func (c *buildCmd) runSet(e *env, specs []*layers.Spec, opts layers.Options, tiers *remote.Set) error {
 	jobs := c.Jobs
 	if jobs <= 0 {
 		jobs = runtime.NumCPU()
 	}
 	results, err := layers.BuildSet(e.ctx, specs, layers.SetOptions{Options: opts, Jobs: jobs,
-		Tiers: func(s *layers.Spec) ([]*remote.Tier, *remote.Tier, error) { return tiers.open(s.Cache) }})
+		Tiers: func(s *layers.Spec) ([]*remote.Tier, *remote.Tier, error) {
+			return tiers.Open(s.Cache.From, s.Cache.To)
+		}})
 	if c.JSON && results != nil {
 		if jerr := json.NewEncoder(e.stdout).Encode(results); jerr != nil && err == nil {
 			err = jerr
@@ -257,52 +257,6 @@ func (c *buildCmd) apply(s *layers.Spec) (*layers.Spec, error) {
 	}
 	set(&s.Cache.To, c.CacheTo)
 	return s, nil
-}
-
-// tierSet opens shared cache tiers; a repository named twice (read and
-// written, or by several specs of a set) is one Tier, so that its
-// failure counts once.
-type tierSet struct {
-	opts  remote.Options
-	mu    sync.Mutex
-	byRef map[string]*remote.Tier
-}
-
-func newTierSet(opts remote.Options) *tierSet {
-	return &tierSet{opts: opts, byRef: map[string]*remote.Tier{}}
-}
-
-func (ts *tierSet) get(ref string) (*remote.Tier, error) {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	if t := ts.byRef[ref]; t != nil {
-		return t, nil
-	}
-	t, err := remote.Open(ref, ts.opts)
-	if err != nil {
-		return nil, fmt.Errorf("--cache-from/--cache-to: %w", err)
-	}
-	ts.byRef[ref] = t
-	return t, nil
-}
-
-// open opens the tiers a spec's cache: names.
-func (ts *tierSet) open(ct layers.CacheTiers) (from []*remote.Tier, to *remote.Tier, err error) {
-	for _, r := range ct.From {
-		t, err := ts.get(r)
-		if err != nil {
-			return nil, nil, err
-		}
-		if !slices.Contains(from, t) {
-			from = append(from, t)
-		}
-	}
-	if ct.To != "" {
-		if to, err = ts.get(ct.To); err != nil {
-			return nil, nil, err
-		}
-	}
-	return from, to, nil
 }
 
 // openInput opens FILE, or stdin for "-".
