@@ -14,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -292,15 +293,30 @@ func pollHack(mountpoint string, root *node) error {
 	name := fmt.Sprintf(".layerfs-poll-%d-%d", os.Getpid(), time.Now().UnixNano())
 	root.fsys.pollName.Store(&name)
 	defer root.fsys.pollName.Store(nil)
-	return outside(func() error {
-		fd, err := unix.Open(filepath.Join(mountpoint, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("poll setup: %w", err)
-		}
-		unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-		unix.Close(fd)
-		return nil
-	})
+	path, err := unix.BytePtrFromString(filepath.Join(mountpoint, name))
+	if err != nil {
+		return fmt.Errorf("poll setup: %w", err)
+	}
+	fds := []unix.PollFd{{Events: unix.POLLIN}}
+	if err := outside(func() error { return openAndPoll(path, fds) }); err != nil {
+		return fmt.Errorf("poll setup: %w", err)
+	}
+	return nil
+}
+
+// openAndPoll opens path and polls it once, for pollHack, on the outsider
+// thread, where nothing may allocate (see outside): what it needs comes
+// made, and it answers an Errno, which fits an error without allocating.
+func openAndPoll(path *byte, fds []unix.PollFd) error {
+	atCwd := unix.AT_FDCWD
+	fd, _, errno := unix.Syscall6(unix.SYS_OPENAT, uintptr(atCwd), uintptr(unsafe.Pointer(path)), uintptr(unix.O_RDONLY|unix.O_CLOEXEC), 0, 0, 0)
+	if errno != 0 {
+		return errno
+	}
+	fds[0].Fd = int32(fd)
+	unix.Poll(fds, 0)
+	unix.Close(int(fd))
+	return nil
 }
 
 // outsider is one OS thread of this process with a descriptor table of
@@ -321,26 +337,17 @@ var outsider struct {
 }
 
 // outside runs f on the outsider thread, and returns its error. f makes
-// raw system calls only (no os.File, no timer): the Go runtime's own
-// descriptors are not in that thread's table.
+// raw system calls only (no os.File, no timer) and allocates nothing: the
+// Go runtime's own descriptors are not in that thread's table, and an
+// allocation can make f's goroutine end a garbage collection, whose
+// restart of the world polls the runtime's epoll descriptor from this
+// thread and dies of EBADF ("netpoll failed"), its message lost with
+// stderr (the mount daemon exited with status 2 and an empty log).
 func outside(f func() error) error {
 	outsider.once.Do(func() {
 		outsider.work = make(chan func())
 		ready := make(chan error)
-		go func() {
-			runtime.LockOSThread() // for good: the thread is this goroutine's
-			err := unix.Unshare(unix.CLONE_FILES)
-			if err == nil {
-				err = unix.CloseRange(0, ^uint(0), 0)
-			}
-			ready <- err
-			if err != nil {
-				return
-			}
-			for w := range outsider.work {
-				w()
-			}
-		}()
+		go serveOutside(ready, nil)
 		outsider.err = <-ready
 	})
 	if outsider.err != nil {
@@ -349,6 +356,39 @@ func outside(f func() error) error {
 	done := make(chan error, 1)
 	outsider.work <- func() { done <- f() }
 	return <-done
+}
+
+// serveOutside becomes the outsider thread, says so on ready, and runs
+// the work sent to it; locked, if set, is closed once this goroutine has
+// a thread.
+func serveOutside(ready chan<- error, locked chan<- struct{}) {
+	runtime.LockOSThread() // for good: the thread is this goroutine's
+	if locked != nil {
+		close(locked)
+	}
+	if unix.Gettid() == unix.Getpid() {
+		// Not the main thread: /proc/self/fd is its table, and the paths
+		// /proc/self/fd/N that this process hands out (readOnlyLowers, a
+		// build's layers still being stored) would all stop resolving.
+		// A goroutine started while this one holds the main thread gets
+		// another.
+		l := make(chan struct{})
+		go serveOutside(ready, l)
+		<-l
+		runtime.UnlockOSThread()
+		return
+	}
+	err := unix.Unshare(unix.CLONE_FILES)
+	if err == nil {
+		err = unix.CloseRange(0, ^uint(0), 0)
+	}
+	ready <- err
+	if err != nil {
+		return
+	}
+	for w := range outsider.work {
+		w()
+	}
 }
 
 // pollNode is the file pollHack polls.

@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/layerfs/layerfs/internal/testutil"
 )
 
@@ -34,5 +36,32 @@ func TestMountGivesServingProcessors(t *testing.T) {
 		if err := srv.Unmount(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// What runs on the outsider thread allocates nothing (see outside): a
+// garbage collection it ended there would kill the process.
+func TestOpenAndPollAllocatesNothing(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path, err := unix.BytePtrFromString(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds := []unix.PollFd{{Events: unix.POLLIN}}
+	if err := openAndPoll(path, fds); err != nil {
+		t.Fatalf("openAndPoll: %v", err)
+	}
+	if n := testing.AllocsPerRun(100, func() { openAndPoll(path, fds) }); n != 0 {
+		t.Errorf("openAndPoll allocates %v times a call, want none", n)
+	}
+	missing, _ := unix.BytePtrFromString(p + ".missing")
+	if err := openAndPoll(missing, fds); err != unix.ENOENT {
+		t.Errorf("openAndPoll of a missing file: %v, want ENOENT", err)
+	}
+	if n := testing.AllocsPerRun(100, func() { openAndPoll(missing, fds) }); n != 0 {
+		t.Errorf("openAndPoll of a missing file allocates %v times a call, want none", n)
 	}
 }

@@ -24,13 +24,23 @@ type Session struct {
 	root       string
 	upper      string
 	srv        *Server
-	kern       *kernelMount
-	forget     func()
+	// served is closed once nothing serves the FUSE mount any more.
+	served chan struct{}
+	kern   *kernelMount
+	forget func()
 }
 
 // Start mounts opts with the driver choice names (kernel or FUSE; see
 // Prober.Choose) for installs at mountpoint, an empty directory.
 func Start(mountpoint string, opts Options, choice Choice) (*Session, error) {
+	// A build that cannot record its mount still builds: only a killed
+	// build's mount would then be left for the user to clear.
+	return start(mountpoint, opts, choice, false)
+}
+
+// start is Start; mustRecord makes a FUSE mount that cannot be recorded
+// an error (a daemon's: `layerfs mounts` and umount find it by its record).
+func start(mountpoint string, opts Options, choice Choice, mustRecord bool) (*Session, error) {
 	s := &Session{Choice: choice, Mountpoint: mountpoint, upper: opts.Upper}
 	if choice.Driver == DriverKernel {
 		k, err := mountKernel(opts)
@@ -45,9 +55,20 @@ func Start(mountpoint string, opts Options, choice Choice) (*Session, error) {
 		return nil, err
 	}
 	s.srv, s.root = srv, mountpoint
-	forget, err := Register(MountInfo{Mountpoint: mountpoint, Lowers: opts.Lowers, Upper: opts.Upper, Workdir: opts.Work,
-		Driver: string(DriverFUSE), PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second)})
+	s.served = make(chan struct{})
+	go func() { srv.Wait(); close(s.served) }()
+	lowers := opts.Lowers
+	if lowers == nil {
+		lowers = []string{} // a record lists no lowers as [], not null
+	}
+	forget, err := Register(MountInfo{Mountpoint: mountpoint, Lowers: lowers, Upper: opts.Upper, Workdir: opts.Work,
+		ReadOnly: opts.Upper == "", Driver: string(DriverFUSE), PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second)})
 	if err != nil {
+		if mustRecord {
+			s.unmount()
+			<-s.served
+			return nil, fmt.Errorf("record the mount: %w", err)
+		}
 		forget = func() {}
 	}
 	s.forget = forget
@@ -67,6 +88,16 @@ func (s *Session) Tree() (*os.File, error) {
 	return s.kern.Tree()
 }
 
+// unmount unmounts the FUSE mount: at once if nothing uses it, else
+// lazily, and then it is served until its last user lets go (see served).
+func (s *Session) unmount() error {
+	err := s.srv.Unmount()
+	if err != nil {
+		err = Unmount(s.Mountpoint, true)
+	}
+	return err
+}
+
 // Close unmounts and returns once nothing serves the union: the upper is
 // final then. The kernel's bookkeeping in the upper (origin and impure
 // marks), which means nothing outside this mount, is removed, so that the
@@ -81,18 +112,13 @@ func (s *Session) Close() error {
 		}
 		return overlay.CleanKernelUpper(s.upper)
 	}
-	err := s.srv.Unmount()
-	if err != nil {
-		err = Unmount(s.Mountpoint, true)
-	}
+	err := s.unmount()
 	// After a lazy unmount the daemon serves until the last user of the
 	// mount lets go: a process the install left behind (outside a pid
 	// namespace, only a rootless build has such) could hold it, and write
 	// into the upper while it is committed.
-	served := make(chan struct{})
-	go func() { s.srv.Wait(); close(served) }()
 	select {
-	case <-served:
+	case <-s.served:
 	case <-time.After(time.Minute):
 		err = fmt.Errorf("still in use a minute after the job ended")
 	}

@@ -124,7 +124,7 @@ type builder struct {
 	tiers *tiers
 	// prefetched are the background fetches of remote entries, by key.
 	prefetched map[string]*prefetch
-	// repMu guards the reports that pushes in the background update.
+	// repMu guards the reports that uploads in the background update.
 	repMu sync.Mutex
 	// fail ends the build with its first error (a layer stored in the
 	// background stops the install running above it); failed is that
@@ -263,8 +263,8 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 				p.dir.Close()
 			}
 		}
-		// A push reads its entry's blob: entries are released after.
-		b.tiers.wait()
+		// An upload reads its entry's blob: entries are released after.
+		b.tiers.waitUploads()
 		for _, r := range b.release {
 			r()
 		}
@@ -316,7 +316,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 	b.keys.open = b.openEmbedded
 
 	nbase := len(b.stack)
-	// Reports are allocated up front: pushes update them by pointer.
+	// Reports are allocated up front: uploads update them by pointer.
 	n := len(s.Layers)
 	if s.mode() == ModeSingle {
 		n = 1
@@ -357,8 +357,8 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		return nil, err
 	}
 	entries := all[nbase:]
-	// Pushes in the background write to reps (under repMu) until
-	// tiers.wait: until then a copy is read.
+	// Uploads in the background write to reps (under repMu) until
+	// tiers.waitUploads: until then a copy is read.
 	b.repMu.Lock()
 	snap := slices.Clone(reps)
 	b.repMu.Unlock()
@@ -396,7 +396,7 @@ func Build(ctx context.Context, opts Options) (res *Result, err error) {
 		return nil, fmt.Errorf("write %s: %w", s.Image, err)
 	}
 	res.Manifest = mdesc.Digest
-	b.tiers.wait() // no push writes to reps after this
+	b.tiers.waitUploads() // no upload writes to reps after this
 	res.Layers = reps
 	for _, r := range reps {
 		res.Downloaded += r.Downloaded
@@ -495,33 +495,43 @@ type maker func(t *cache.Temp) (cache.Info, error)
 
 var errNextMaker = errors.New("not made here")
 
+// source is where a layer's entry came from.
+type source int
+
+const (
+	sourceLocal  source = iota // the local cache had it
+	sourceRemote               // a shared tier had it
+	sourceMade                 // made here: applied or built
+)
+
 // lookupOrMake returns the entry of key, made on a miss by the first of
-// makers that can, and which made it (-1: it was in the cache). The
+// makers that can, and where it came from: local or made. The
 // entry is held in use (see cache.Entry.Use) until the build ends, so
 // that a prune leaves it alone while this build mounts it and links its
 // blob. The key's lock makes concurrent builds of one key wait for the
 // first to finish and then find its entry, so that the work runs once;
 // it is held until the entry is in use, which closes the gap a prune
 // could use.
-func (b *builder) lookupOrMake(ctx context.Context, key, name string, makers ...maker) (*cache.Entry, int, error) {
+func (b *builder) lookupOrMake(ctx context.Context, key, name string, makers ...maker) (*cache.Entry, source, error) {
 	unlock, e, err := b.lookup(ctx, key, name)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer unlock()
-	made := -1
+	src := sourceLocal
 	if e == nil {
-		if e, made, err = makeEntry(ctx, b.opts.Cache, name, makers); err != nil {
+		if e, err = makeEntry(ctx, b.opts.Cache, name, makers); err != nil {
 			return nil, 0, err
 		}
 		if e == nil {
 			return nil, 0, fmt.Errorf("cache entry %s-%s: no maker made it", cache.ShortKey(key), name)
 		}
+		src = sourceMade
 	}
 	if err := b.use(e); err != nil {
 		return nil, 0, err
 	}
-	return e, made, nil
+	return e, src, nil
 }
 
 // lookup takes key's lock and looks its entry up; unlock gives the lock
@@ -558,13 +568,12 @@ func (b *builder) use(e *cache.Entry) error {
 }
 
 // makeEntry inserts the entry the first of makers can make, each in a
-// fresh temp, and says which made it; nil when none could. Call it
-// holding the key's lock.
-func makeEntry(ctx context.Context, c *cache.Cache, name string, makers []maker) (*cache.Entry, int, error) {
-	for i, make := range makers {
+// fresh temp; nil when none could. Call it holding the key's lock.
+func makeEntry(ctx context.Context, c *cache.Cache, name string, makers []maker) (*cache.Entry, error) {
+	for _, make := range makers {
 		t, err := c.NewTemp(name)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		info, err := make(t)
 		if errors.Is(err, errNextMaker) {
@@ -573,16 +582,16 @@ func makeEntry(ctx context.Context, c *cache.Cache, name string, makers []maker)
 		}
 		if err != nil {
 			t.Abort()
-			return nil, 0, err
+			return nil, err
 		}
 		e, err := c.Insert(ctx, t, info)
 		if err != nil {
 			t.Abort()
-			return nil, 0, err
+			return nil, err
 		}
-		return e, i, nil
+		return e, nil
 	}
-	return nil, len(makers), nil
+	return nil, nil
 }
 
 // baseLayer finds layer i of the base image in the cache, keyed by its
@@ -592,7 +601,7 @@ func (b *builder) baseLayer(ctx context.Context, img *oci.Image, i int) (*cache.
 	diffID := img.Config.RootFS.DiffIDs[i]
 	key := baseKey(diffID)
 	rep := LayerReport{Name: "base", Type: "base", Key: key, DiffID: diffID, Digest: desc.Digest, Size: desc.Size}
-	e, made, err := b.lookupOrMake(ctx, key, "base", func(t *cache.Temp) (cache.Info, error) {
+	e, src, err := b.lookupOrMake(ctx, key, "base", func(t *cache.Temp) (cache.Info, error) {
 		info := cache.Info{Key: key, Name: "base", Type: "base", DiffID: diffID, Digest: desc.Digest,
 			MediaType: desc.MediaType, Size: desc.Size, Created: b.now(), Machine: b.spec.Machine,
 			Inputs: map[string]string{"image": img.Ref.String(), "layer": strconv.Itoa(i)}}
@@ -604,7 +613,7 @@ func (b *builder) baseLayer(ctx context.Context, img *oci.Image, i int) (*cache.
 		}
 		return info, nil
 	})
-	rep.Hit = made < 0
+	rep.Hit = src == sourceLocal
 	return e, rep, err
 }
 
@@ -688,7 +697,7 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerRe
 		for _, t := range b.tiers.from {
 			makers = append(makers, b.tiers.fetch(ctx, t, &in, key, rep))
 		}
-		if e, _, err = makeEntry(ctx, b.opts.Cache, in.Name, makers); err != nil {
+		if e, err = makeEntry(ctx, b.opts.Cache, in.Name, makers); err != nil {
 			return nil, err
 		}
 		src = sourceRemote
@@ -703,7 +712,7 @@ func (b *builder) layer(ctx context.Context, in inputs, ls []Layer, rep *LayerRe
 		}
 		fmt.Fprintf(b.opts.Log, "OCI Cache HIT%s: Layer '%s' (%s)\n", where, in.Name, key[:16])
 		rep.Hit, rep.Digest, rep.DiffID, rep.Size = true, e.Info.Digest, e.Info.DiffID, e.Info.Size
-		b.tiers.push(ctx, e, rep, &b.repMu)
+		b.tiers.upload(ctx, e, rep, &b.repMu)
 		return ready(e), nil
 	}
 
@@ -765,14 +774,6 @@ func (b *builder) noSpace(err error) error {
 	return err
 }
 
-// source is where a layer's entry came from.
-type source int
-
-const (
-	sourceLocal  source = iota // the local cache had it
-	sourceRemote               // a shared tier had it
-)
-
 // store commits a built layer's upper over the layers below it (once
 // they are stored: their layer dirs are then where the commit reads
 // them), and inserts it into the cache, holding it in use.
@@ -803,7 +804,7 @@ func (b *builder) store(ctx context.Context, t *cache.Temp, in *inputs, below []
 	}
 	rep.Commit = Seconds(time.Since(start))
 	rep.Digest, rep.DiffID, rep.Size = e.Info.Digest, e.Info.DiffID, e.Info.Size
-	b.tiers.push(ctx, e, rep, &b.repMu)
+	b.tiers.upload(ctx, e, rep, &b.repMu)
 	return e, nil
 }
 

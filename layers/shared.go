@@ -37,7 +37,7 @@ type tiers struct {
 	// corrupt holds the keys (tier + key) whose entry was corrupt, and
 	// whether pushing it again repairs it.
 	corrupt map[string]bool
-	pushes  sync.WaitGroup
+	uploads sync.WaitGroup
 	queue   chan func()
 }
 
@@ -141,9 +141,10 @@ func cmpErr(ctx context.Context, err error) error {
 	return err
 }
 
-// push sends entry e to the to tier in the background (the next layer's
-// install runs meanwhile) unless it came from there. wait collects them.
-func (ts *tiers) push(ctx context.Context, e *cache.Entry, rep *LayerReport, mu *sync.Mutex) {
+// upload pushes entry e to the to tier in the background (the next
+// layer's install runs meanwhile) unless it came from there. waitUploads
+// collects them.
+func (ts *tiers) upload(ctx context.Context, e *cache.Entry, rep *LayerReport, mu *sync.Mutex) {
 	t := ts.to
 	if t == nil || rep.Remote == t.String() || len(e.Info.KeyInputs) == 0 {
 		return
@@ -158,9 +159,9 @@ func (ts *tiers) push(ctx context.Context, e *cache.Entry, rep *LayerReport, mu 
 			}
 		}()
 	}
-	ts.pushes.Add(1)
+	ts.uploads.Add(1)
 	ts.queue <- func() {
-		defer ts.pushes.Done()
+		defer ts.uploads.Done()
 		if !ts.alive(t) || ts.pushFailed(t) || ctx.Err() != nil {
 			return
 		}
@@ -188,9 +189,9 @@ func (ts *tiers) push(ctx context.Context, e *cache.Entry, rep *LayerReport, mu 
 	}
 }
 
-// wait waits for the pushes queued so far.
-func (ts *tiers) wait() {
-	ts.pushes.Wait()
+// waitUploads waits for the uploads queued so far.
+func (ts *tiers) waitUploads() {
+	ts.uploads.Wait()
 	if ts.queue != nil {
 		close(ts.queue)
 		ts.queue = nil
@@ -348,7 +349,7 @@ func (b *builder) prefetchOne(ctx context.Context, in *inputs, p *prefetch) {
 	for _, t := range b.tiers.from {
 		makers = append(makers, b.tiers.fetch(ctx, t, in, key, &p.rep))
 	}
-	e, _, err := makeEntry(ctx, c, in.Name, makers)
+	e, err := makeEntry(ctx, c, in.Name, makers)
 	switch {
 	case err != nil:
 		p.rep.Remote = "" // the build's own lookup tries again
