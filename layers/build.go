@@ -60,7 +60,7 @@ type Options struct {
 	// layers as a tar stream (--rootfs-tar), in place of their source:
 	// dirs: how a build under a fake root (pseudo, fakeroot) hands over
 	// the owners only the fake root knows. Build reads it to its end, once,
-	// and applies it as the hostile input it is (oci.Apply) into a temp dir
+	// and applies it as the hostile input it is (unpack.Apply) into a temp dir
 	// of the cache, which it removes when done (a killed build's is swept
 	// like its other temps). gzip, zstd and bzip2 are read too.
 	RootfsTar io.Reader

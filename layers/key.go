@@ -32,13 +32,13 @@ import (
 // `commit` emits for the same upper changes it, and so every key.
 const TarRules = "1"
 
-// ApplyRules versions what oci.Apply makes of a base-image layer; with
+// ApplyRules versions what unpack.Apply makes of a base-image layer; with
 // whether it ran unprivileged (which records owners and devices in
 // xattrs instead), it is part of a base layer's key.
 const ApplyRules = "1"
 
 // RootlessOwners versions how unprivileged builds keep owners, which
-// only their keys (base layers' too) carry. "squash-1": oci.Apply records
+// only their keys (base layers' too) carry. "squash-1": unpack.Apply records
 // every entry's owner; mounts record every chown; a layer maps what the
 // builder owns on disk without a record to root (layer.Options
 // SquashOwner); copying layers copy the owners sources record.
