@@ -362,27 +362,19 @@ func (d *differ) emit(name, path string, m *overlay.Meta) error {
 
 func (d *differ) header(name string, m *overlay.Meta) *tar.Header {
 	hdr := &tar.Header{
-		Name:    name,
-		Mode:    int64(m.Mode),
-		Uid:     int(m.UID),
-		Gid:     int(m.GID),
-		ModTime: d.mtime(m.Mtime),
+		Name:     name,
+		Mode:     int64(m.Mode),
+		Uid:      int(m.UID),
+		Gid:      int(m.GID),
+		ModTime:  d.mtime(m.Mtime),
+		Typeflag: Typeflag(m.Type),
 	}
 	switch m.Type {
 	case overlay.TypeReg:
-		hdr.Typeflag, hdr.Size = tar.TypeReg, m.Size
-	case overlay.TypeDir:
-		hdr.Typeflag = tar.TypeDir
+		hdr.Size = m.Size
 	case overlay.TypeSymlink:
-		hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, m.Link
-	case overlay.TypeChar:
-		hdr.Typeflag = tar.TypeChar
-	case overlay.TypeBlock:
-		hdr.Typeflag = tar.TypeBlock
-	case overlay.TypeFifo:
-		hdr.Typeflag = tar.TypeFifo
-	}
-	if m.Type == overlay.TypeChar || m.Type == overlay.TypeBlock {
+		hdr.Linkname = m.Link
+	case overlay.TypeChar, overlay.TypeBlock:
 		hdr.Devmajor, hdr.Devminor = int64(m.Major), int64(m.Minor)
 	}
 	for k, v := range m.Xattrs {
@@ -390,7 +382,7 @@ func (d *differ) header(name string, m *overlay.Meta) *tar.Header {
 			if hdr.PAXRecords == nil {
 				hdr.PAXRecords = map[string]string{}
 			}
-			hdr.PAXRecords["SCHILY.xattr."+k] = v
+			hdr.PAXRecords[XattrRecord+k] = v
 		}
 	}
 	return hdr

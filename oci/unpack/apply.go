@@ -976,7 +976,7 @@ func procSetter(dirfd int, base string) xattrSetter {
 func (a *applier) setXattrs(name string, set xattrSetter, hdr *tar.Header) error {
 	var keys []string
 	for k := range hdr.PAXRecords {
-		if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+		if x, ok := strings.CutPrefix(k, layer.XattrRecord); ok {
 			keys = append(keys, x)
 		}
 	}
@@ -993,7 +993,7 @@ func (a *applier) setXattrs(name string, set xattrSetter, hdr *tar.Header) error
 			a.warn("layer entry %s: dropped xattr %s: trusted.* needs root", quoteName(name), x)
 			continue
 		}
-		err := set(x, []byte(hdr.PAXRecords["SCHILY.xattr."+x]))
+		err := set(x, []byte(hdr.PAXRecords[layer.XattrRecord+x]))
 		switch {
 		case err == nil:
 		case err == unix.EPERM || err == unix.EACCES || err == unix.ENOTSUP || err == unix.ENOENT:

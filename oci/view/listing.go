@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/oci/unpack"
 	"github.com/layerfs/layerfs/overlay"
 )
@@ -92,7 +93,7 @@ func (l *Listing) apply(r io.Reader) error {
 			l.remove(overlay.Join(dir, name))
 			continue
 		}
-		n := &listNode{meta: metaFromHeader(hdr)}
+		n := &listNode{meta: layer.Meta(hdr)}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			n.children = map[string]bool{}
@@ -155,41 +156,6 @@ func (l *Listing) remove(p string) {
 	if pn := l.nodes[dir]; pn != nil {
 		delete(pn.children, base)
 	}
-}
-
-func metaFromHeader(hdr *tar.Header) overlay.Meta {
-	m := overlay.Meta{
-		Mode:  uint32(hdr.Mode) & 07777,
-		UID:   uint32(hdr.Uid),
-		GID:   uint32(hdr.Gid),
-		Mtime: hdr.ModTime,
-	}
-	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA:
-		m.Type, m.Size = overlay.TypeReg, hdr.Size
-	case tar.TypeDir:
-		m.Type = overlay.TypeDir
-	case tar.TypeSymlink:
-		m.Type, m.Link = overlay.TypeSymlink, hdr.Linkname
-	case tar.TypeChar:
-		m.Type = overlay.TypeChar
-	case tar.TypeBlock:
-		m.Type = overlay.TypeBlock
-	case tar.TypeFifo:
-		m.Type = overlay.TypeFifo
-	}
-	if m.Type == overlay.TypeChar || m.Type == overlay.TypeBlock {
-		m.Major, m.Minor = uint32(hdr.Devmajor), uint32(hdr.Devminor)
-	}
-	for k, v := range hdr.PAXRecords {
-		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
-			if m.Xattrs == nil {
-				m.Xattrs = map[string]string{}
-			}
-			m.Xattrs[name] = v
-		}
-	}
-	return m
 }
 
 func (l *Listing) Lookup(rel string) (*overlay.Meta, error) {

@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/overlay"
 )
 
@@ -297,7 +298,7 @@ func parseLayer(ctx context.Context, img Image, i int, digests, keep bool) (recs
 			}
 			rec.kind, rec.name = recordWhiteout, overlay.Join(dir, name)
 		default:
-			rec.meta = metaFromHeader(hdr)
+			rec.meta = layer.Meta(hdr)
 			switch hdr.Typeflag {
 			case tar.TypeReg, tar.TypeRegA:
 				c.Files++
