@@ -215,7 +215,7 @@ func (h *helperProc) kill(tb testing.TB) {
 
 func TestHelperProcess(t *testing.T) {
 	if os.Getenv(helperEnv) == "" {
-		t.Skip("run by other tests in a child process")
+		return // an entry point for other tests' child processes
 	}
 	args := os.Args
 	for len(args) > 0 && args[0] != "--" {

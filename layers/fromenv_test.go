@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
+
+	"github.com/layerfs/layerfs/internal/testutil"
 )
 
 // The expectations of TestShellWords are Python's: each was checked with
@@ -446,9 +448,7 @@ func TestFromEnvAutoLabels(t *testing.T) {
 // Revision and branch come from git in TOPDIR (a build dir inside the
 // layer's checkout, as poky/build), unless set.
 func TestFromEnvGitLabels(t *testing.T) {
-	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git is not installed")
-	}
+	testutil.RequireTool(t, "git")
 	repo := t.TempDir()
 	git := func(args ...string) string {
 		t.Helper()

@@ -129,7 +129,7 @@ func kernelOverlay(t *testing.T, lowers []string) (mnt, upper string) {
 	slices.Reverse(top)
 	opts := "lowerdir=" + strings.Join(top, ":") + ",upperdir=" + upper + ",workdir=" + work + ",redirect_dir=off,metacopy=off,index=off"
 	if err := unix.Mount("overlay", mnt, "overlay", 0, opts); err != nil {
-		t.Skipf("the kernel's overlayfs does not mount here: %v", err)
+		testutil.Unavailable(t, "the kernel's overlayfs does not mount here: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	return mnt, upper

@@ -18,10 +18,11 @@ const module = "github.com/layerfs/layerfs/"
 
 // listed is what go list says of one package of the module.
 type listed struct {
-	ImportPath string
-	Dir        string
-	GoFiles    []string
-	Imports    []string
+	ImportPath  string
+	Dir         string
+	GoFiles     []string
+	TestGoFiles []string
+	Imports     []string
 }
 
 func listModule(t *testing.T) []listed {
@@ -184,4 +185,37 @@ func isHelpText(f *ast.File, lit *ast.BasicLit) bool {
 		return !tag
 	})
 	return tag
+}
+
+// skipsAllowed are the skips outside testutil's one rule, each a test of a
+// case the machine is not in (never of a missing tool or feature).
+var skipsAllowed = map[string]string{
+	"internal/sandbox/run_test.go": "TestIsolateWithoutRootIsRefused tests the unprivileged case; a run as root is not it",
+}
+
+// TestOneSkipRule: tests skip only through testutil (Unavailable,
+// RequireRoot, RequireTool), which fail instead when CI is set.
+func TestOneSkipRule(t *testing.T) {
+	for _, p := range listModule(t) {
+		if p.ImportPath == "internal/testutil" {
+			continue
+		}
+		for _, name := range p.TestGoFiles {
+			file := filepath.Join(p.Dir, name)
+			f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ast.Inspect(f, func(n ast.Node) bool {
+				sel, ok := n.(*ast.SelectorExpr)
+				if !ok || (sel.Sel.Name != "Skip" && sel.Sel.Name != "Skipf" && sel.Sel.Name != "SkipNow") {
+					return true
+				}
+				if _, ok := skipsAllowed[filepath.Join(p.ImportPath, name)]; !ok {
+					t.Errorf("%s: %s outside testutil (use testutil.Unavailable, which fails under CI)", file, sel.Sel.Name)
+				}
+				return true
+			})
+		}
+	}
 }

@@ -19,10 +19,18 @@ func RequireRoot(t testing.TB) {
 	if os.Geteuid() == 0 {
 		return
 	}
+	Unavailable(t, "this test needs root")
+}
+
+// Unavailable is the one skip rule: a test whose machine lacks what it
+// needs (a tool, a filesystem feature, a mount) fails under CI, where the
+// machine must have it, and skips elsewhere, saying why.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
 	if os.Getenv("CI") != "" {
-		t.Fatal("this test needs root, and CI is set")
+		t.Fatalf("CI is set, and "+format, args...)
 	}
-	t.Skip("needs root")
+	t.Skipf(format, args...)
 }
 
 // RequireTool fails under CI and skips elsewhere when a program is missing.
@@ -32,10 +40,7 @@ func RequireTool(t testing.TB, name string) string {
 	if err == nil {
 		return p
 	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s is not installed, and CI is set", name)
-	}
-	t.Skipf("%s is not installed", name)
+	Unavailable(t, "%s is not installed", name)
 	return ""
 }
 
