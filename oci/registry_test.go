@@ -15,26 +15,23 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log"
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/internal/registrytest"
 )
 
 // memSource holds blobs in memory, for images that need no layout.
@@ -79,73 +76,24 @@ func memImage(t *testing.T, arch, variant string, layers ...string) *Image {
 	return img
 }
 
-// testRegistry is ggcr's in-memory registry behind an httptest server,
-// with a hook to tamper with answers and a log of the requests.
-type testRegistry struct {
-	srv  *httptest.Server
-	host string
-	mu   sync.Mutex
-	reqs []string
-	// tamper may answer a request itself (return true) instead of the
-	// registry.
-	tamper func(w http.ResponseWriter, r *http.Request) bool
-}
+// testRegistry is the shared test registry, with references parsed.
+type testRegistry struct{ *registrytest.Registry }
 
 func newTestRegistry(t *testing.T, tlsConf *tls.Config) *testRegistry {
-	t.Helper()
-	tr := &testRegistry{}
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	tr.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tr.mu.Lock()
-		tr.reqs = append(tr.reqs, r.Method+" "+r.URL.Path)
-		tamper := tr.tamper
-		tr.mu.Unlock()
-		if tamper != nil && tamper(w, r) {
-			return
-		}
-		reg.ServeHTTP(w, r)
-	}))
-	tr.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	if tlsConf != nil {
-		tr.srv.TLS = tlsConf
-		tr.srv.StartTLS()
-	} else {
-		tr.srv.Start()
-	}
-	t.Cleanup(tr.srv.Close)
-	tr.host = tr.srv.Listener.Addr().String()
-	return tr
+	return &testRegistry{registrytest.New(t, tlsConf)}
 }
 
 func (tr *testRegistry) ref(t *testing.T, s string) Reference {
 	t.Helper()
-	r, err := ParseReference("docker://" + tr.host + "/" + s)
+	r, err := ParseReference(tr.Ref(s))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r
 }
 
-func (tr *testRegistry) setTamper(f func(w http.ResponseWriter, r *http.Request) bool) {
-	tr.mu.Lock()
-	tr.tamper = f
-	tr.mu.Unlock()
-}
-
-// uploads counts blob upload requests (POST, PATCH, PUT) since the last
-// call.
-func (tr *testRegistry) uploads() int {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	n := 0
-	for _, r := range tr.reqs {
-		if strings.Contains(r, "/blobs/uploads/") && !strings.HasPrefix(r, "GET") && !strings.HasPrefix(r, "HEAD") {
-			n++
-		}
-	}
-	tr.reqs = nil
-	return n
-}
+// uploads counts blob upload requests since the last look.
+func (tr *testRegistry) uploads() int { return registrytest.Uploads(tr.Requests()) }
 
 func noEnv(t *testing.T) registryEnv {
 	return registryEnv{certDirs: []string{t.TempDir()}, authFiles: []string{filepath.Join(t.TempDir(), "none.json")}}
@@ -214,7 +162,7 @@ func TestRegistryPushPullRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	got2.Close()
-	pin := "pin it: docker://" + tr.host + "/test/app@" + desc.Digest.String()
+	pin := "pin it: docker://" + tr.Host + "/test/app@" + desc.Digest.String()
 	if len(warnings) != 1 || !strings.Contains(warnings[0], pin) {
 		t.Errorf("pull by tag warned %q, want one warning with %q", warnings, pin)
 	}
@@ -260,7 +208,7 @@ func TestRegistryPushByDigest(t *testing.T) {
 	if !inputerr.Is(err) || !strings.Contains(err.Error(), wrong.String()) || !strings.Contains(err.Error(), img.ManifestDesc.Digest.String()) {
 		t.Fatalf("push to a digest that is not the image's: %v, want bad input naming both", err)
 	}
-	if n := len(tr.reqs); n != 0 {
+	if n := len(tr.Requests()); n != 0 {
 		t.Errorf("a refused push still sent %d requests", n)
 	}
 	right := tr.ref(t, "test/app@"+img.ManifestDesc.Digest.String())
@@ -283,7 +231,7 @@ func putIndex(t *testing.T, tr *testRegistry, repo, tag string, imgs ...*Image) 
 		idx.Manifests = append(idx.Manifests, d)
 	}
 	data, _ := json.Marshal(idx)
-	req, _ := http.NewRequest(http.MethodPut, tr.srv.URL+"/v2/"+repo+"/manifests/"+tag, bytes.NewReader(data))
+	req, _ := http.NewRequest(http.MethodPut, tr.Server.URL+"/v2/"+repo+"/manifests/"+tag, bytes.NewReader(data))
 	req.Header.Set("Content-Type", v1.MediaTypeImageIndex)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -340,7 +288,7 @@ func TestRegistryVerifiesEveryBlob(t *testing.T) {
 	opts := OpenOptions{Insecure: true}
 	// corrupt answers a GET of path's suffix with body, same length.
 	corrupt := func(suffix string, body []byte) {
-		tr.setTamper(func(w http.ResponseWriter, r *http.Request) bool {
+		tr.SetTamper(func(w http.ResponseWriter, r *http.Request) bool {
 			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, suffix) {
 				return false
 			}
@@ -457,7 +405,7 @@ func TestRegistryErrors(t *testing.T) {
 	wantErr(t, "an unreachable registry", open(closed, true), closed.String(), "unreachable")
 
 	// Server errors are the work failing (exit 1), not bad input.
-	tr.setTamper(func(w http.ResponseWriter, r *http.Request) bool {
+	tr.SetTamper(func(w http.ResponseWriter, r *http.Request) bool {
 		if strings.Contains(r.URL.Path, "/manifests/") {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return true
@@ -476,7 +424,7 @@ func TestRegistryErrors(t *testing.T) {
 
 func TestRegistryAuth(t *testing.T) {
 	tr := newTestRegistry(t, nil)
-	tr.setTamper(func(w http.ResponseWriter, r *http.Request) bool {
+	tr.SetTamper(func(w http.ResponseWriter, r *http.Request) bool {
 		if u, p, ok := r.BasicAuth(); ok && u == "alice" && p == "s3cret" {
 			return false
 		}
@@ -502,11 +450,11 @@ func TestRegistryAuth(t *testing.T) {
 	_, err := pushRegistryWith(context.Background(), img, dst, insecure(), env)
 	wantErr(t, "a push without credentials", err, dst.String(), "requires credentials")
 
-	env.authFiles = []string{writeAuth("wrong.json", tr.host, "alice", "guess")}
+	env.authFiles = []string{writeAuth("wrong.json", tr.Host, "alice", "guess")}
 	_, err = pushRegistryWith(context.Background(), img, dst, insecure(), env)
 	wantErr(t, "a push with wrong credentials", err, dst.String(), "refused the credentials from "+env.authFiles[0])
 
-	env.authFiles = []string{writeAuth("right.json", tr.host, "alice", "s3cret")}
+	env.authFiles = []string{writeAuth("right.json", tr.Host, "alice", "s3cret")}
 	push(t, img, dst, insecure(), env)
 	got, err := openRegistryWith(context.Background(), dst, OpenOptions{Insecure: true}, env)
 	if err != nil {
@@ -618,7 +566,7 @@ func TestRegistryCertsDir(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(clientCA)
 	tr := newTestRegistry(t, &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool})
-	serverCA := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tr.srv.Certificate().Raw})
+	serverCA := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tr.Server.Certificate().Raw})
 
 	// Two certs.d roots, as /etc/containers and /etc/docker: the CA in
 	// one, the client pair in the other.
@@ -632,7 +580,7 @@ func TestRegistryCertsDir(t *testing.T) {
 	wantErr(t, "an untrusted registry certificate", err, ref.String(), "not trusted")
 
 	hostDir := func(root string) string {
-		d := filepath.Join(root, tr.host)
+		d := filepath.Join(root, tr.Host)
 		os.MkdirAll(d, 0o755)
 		return d
 	}
@@ -653,7 +601,7 @@ func TestRegistryCertsDir(t *testing.T) {
 	got.Close()
 
 	os.WriteFile(filepath.Join(hostDir(containers), "lone.key"), clientKey, 0o600)
-	if _, err := registryTLSConfig(tr.host, env.certDirs); err == nil || !strings.Contains(err.Error(), "lone.key") {
+	if _, err := registryTLSConfig(tr.Host, env.certDirs); err == nil || !strings.Contains(err.Error(), "lone.key") {
 		t.Errorf("a key without its certificate: %v, want an error naming it", err)
 	}
 	if _, err := registryTLSConfig("..", env.certDirs); err == nil {
@@ -668,7 +616,7 @@ func TestRegistryRedirects(t *testing.T) {
 	push(t, img, tr.ref(t, "test/app:v1"), insecure(), env)
 	ld := img.Manifest.Layers[0].Digest
 	target := ""
-	tr.setTamper(func(w http.ResponseWriter, r *http.Request) bool {
+	tr.SetTamper(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, ld.String()) || r.URL.RawQuery != "" {
 			return false
 		}
@@ -681,7 +629,7 @@ func TestRegistryRedirects(t *testing.T) {
 	}
 	defer got.Close()
 	// A redirect within the registry's host is followed.
-	target = tr.srv.URL + "/v2/test/app/blobs/" + ld.String() + "?moved=1"
+	target = tr.Server.URL + "/v2/test/app/blobs/" + ld.String() + "?moved=1"
 	if b := readAllBlob(t, got, ld); string(b) != "redirected layer" {
 		t.Errorf("redirected blob read %q", b)
 	}

@@ -83,14 +83,6 @@ func openTestRepository(t *testing.T, reg *testRegistry, repo string, timeout ti
 }
 
 // takeRequests returns the requests reg logged since the last call.
-func takeRequests(reg *testRegistry) []string {
-	reg.mu.Lock()
-	defer reg.mu.Unlock()
-	r := reg.reqs
-	reg.reqs = nil
-	return r
-}
-
 // stallUntil returns a channel that is closed when the test ends, before
 // the server closes (which waits for its handlers).
 func stallUntil(t *testing.T) chan struct{} {
@@ -115,13 +107,13 @@ func TestRepositoryOpenRefuses(t *testing.T) {
 		}
 	}
 	r := openTestRepository(t, reg, "test/repo", 0)
-	if got := r.Ref().String(); got != "docker://"+reg.host+"/test/repo" {
+	if got := r.Ref().String(); got != "docker://"+reg.Host+"/test/repo" {
 		t.Errorf("Ref() = %s", got)
 	}
-	if got := r.Tag("k").String(); got != "docker://"+reg.host+"/test/repo:k" {
+	if got := r.Tag("k").String(); got != "docker://"+reg.Host+"/test/repo:k" {
 		t.Errorf("Tag(k) = %s", got)
 	}
-	if reqs := takeRequests(reg); len(reqs) != 0 {
+	if reqs := reg.Requests(); len(reqs) != 0 {
 		t.Errorf("opening a repository sent %q", reqs)
 	}
 }
@@ -142,7 +134,7 @@ func TestRepositoryRoundTrip(t *testing.T) {
 
 	// Pushed again, under the same tag: nothing goes.
 	tr = a.push(t, r, "v1")
-	reqs := takeRequests(reg)
+	reqs := reg.Requests()
 	if tr.Uploaded != 0 || slices.ContainsFunc(reqs, func(s string) bool {
 		return strings.Contains(s, "/blobs/uploads/") || strings.HasPrefix(s, "PUT ")
 	}) {
@@ -150,7 +142,7 @@ func TestRepositoryRoundTrip(t *testing.T) {
 	}
 	// Under another tag: only the manifest.
 	tr = a.push(t, r, "v2")
-	reqs = takeRequests(reg)
+	reqs = reg.Requests()
 	if tr.Uploaded != 0 || slices.ContainsFunc(reqs, func(s string) bool { return strings.Contains(s, "/blobs/uploads/") }) ||
 		!slices.Contains(reqs, "PUT /v2/test/art/manifests/v2") {
 		t.Errorf("push under a new tag uploaded %d bytes with requests %q; want only the manifest PUT", tr.Uploaded, reqs)
@@ -166,11 +158,11 @@ func TestRepositoryRoundTrip(t *testing.T) {
 	if desc.Digest != a.desc.Digest || desc.Size != a.desc.Size || desc.MediaType != v1.MediaTypeImageManifest {
 		t.Errorf("Head: %+v, want %+v", desc, a.desc)
 	}
-	takeRequests(reg)
+	reg.Requests()
 	if _, _, err := r2.Head(ctx, "v2"); err != nil {
 		t.Fatal(err)
 	}
-	if reqs := takeRequests(reg); !slices.Equal(reqs, []string{"HEAD /v2/test/art/manifests/v2"}) {
+	if reqs := reg.Requests(); !slices.Equal(reqs, []string{"HEAD /v2/test/art/manifests/v2"}) {
 		t.Errorf("Head made requests %q, want one HEAD", reqs)
 	}
 
@@ -241,7 +233,7 @@ func TestRepositoryVerifiesContent(t *testing.T) {
 	a := newRepoArtifact(t, "verify", 4096)
 	a.push(t, r, "v1")
 	serve := func(suffix string, body []byte) {
-		reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+		reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 			if req.Method != http.MethodGet || !strings.HasSuffix(req.URL.Path, suffix) {
 				return false
 			}
@@ -296,10 +288,10 @@ func TestRepositoryVerifiesContent(t *testing.T) {
 			t.Errorf("Blob of a config with a flipped byte: %v, want ErrDigestMismatch", err)
 		}
 	}
-	reg.setTamper(nil)
+	reg.SetTamper(nil)
 
 	// Refused before anything is sent.
-	takeRequests(reg)
+	reg.Requests()
 	if _, _, err := r.Blob(ctx, v1.Descriptor{Digest: a.layer.Digest, Size: maxManifestSize + 1}); !inputerr.Is(err) || !strings.Contains(err.Error(), "too large") {
 		t.Errorf("Blob of a huge descriptor: %v, want bad input", err)
 	}
@@ -312,7 +304,7 @@ func TestRepositoryVerifiesContent(t *testing.T) {
 	if _, _, err := r.Manifest(ctx, "md5:x"); !inputerr.Is(err) {
 		t.Errorf("Manifest of a malformed digest: %v, want bad input", err)
 	}
-	if reqs := takeRequests(reg); len(reqs) != 0 {
+	if reqs := reg.Requests(); len(reqs) != 0 {
 		t.Errorf("refused reads sent %q", reqs)
 	}
 
@@ -350,7 +342,7 @@ func TestRepositoryStallTimeout(t *testing.T) {
 		start := time.Now()
 		err := op(r)
 		el := time.Since(start)
-		if err == nil || !strings.Contains(err.Error(), "did not answer for 500ms") || !strings.Contains(err.Error(), reg.host) {
+		if err == nil || !strings.Contains(err.Error(), "did not answer for 500ms") || !strings.Contains(err.Error(), reg.Host) {
 			t.Errorf("%s: %v, want an error saying the registry did not answer for 500ms", what, err)
 		}
 		if el < timeout || el > 10*time.Second {
@@ -358,7 +350,7 @@ func TestRepositoryStallTimeout(t *testing.T) {
 		}
 	}
 
-	reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 		if req.Method != http.MethodHead || !strings.Contains(req.URL.Path, "/manifests/") {
 			return false
 		}
@@ -372,7 +364,7 @@ func TestRepositoryStallTimeout(t *testing.T) {
 
 	// A registry that accepts the connection and says nothing: the
 	// first operation's ping is bounded too.
-	reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 		if req.URL.Path != "/v2/" {
 			return false
 		}
@@ -389,7 +381,7 @@ func TestRepositoryStallTimeout(t *testing.T) {
 	})
 
 	// A blob that stops midway.
-	reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 		if req.Method != http.MethodGet || !strings.HasSuffix(req.URL.Path, a.layer.Digest.String()) {
 			return false
 		}
@@ -413,7 +405,7 @@ func TestRepositoryStallTimeout(t *testing.T) {
 	}
 
 	// A manifest PUT never answered.
-	reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 		if req.Method != http.MethodPut || !strings.Contains(req.URL.Path, "/manifests/") {
 			return false
 		}
@@ -427,7 +419,7 @@ func TestRepositoryStallTimeout(t *testing.T) {
 
 	// A blob that trickles in for 2s, 100 bytes every 100ms: slow, but
 	// never stalled for 500ms.
-	reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 		if req.Method != http.MethodGet || !strings.HasSuffix(req.URL.Path, a.layer.Digest.String()) {
 			return false
 		}
@@ -466,7 +458,7 @@ func TestRepositoryStallTimeout(t *testing.T) {
 	}
 
 	// Without a timeout a slow answer is waited for.
-	reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 		if req.Method == http.MethodHead && strings.Contains(req.URL.Path, "/manifests/") {
 			time.Sleep(700 * time.Millisecond)
 		}
@@ -484,7 +476,7 @@ func TestRepositoryStallTimeout(t *testing.T) {
 func TestRepositoryTagsFollowPages(t *testing.T) {
 	reg := newTestRegistry(t, nil)
 	r := openTestRepository(t, reg, "test/art", 0)
-	reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 		if !strings.HasSuffix(req.URL.Path, "/tags/list") {
 			return false
 		}
@@ -513,11 +505,11 @@ func TestRepositoryDelete(t *testing.T) {
 	r := openTestRepository(t, reg, "test/art", 0)
 	a := newRepoArtifact(t, "delete", 100)
 	a.push(t, r, "v1")
-	takeRequests(reg)
+	reg.Requests()
 	if err := r.Delete(ctx, a.desc.Digest); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
-	if reqs := takeRequests(reg); !slices.Contains(reqs, "DELETE /v2/test/art/manifests/"+a.desc.Digest.String()) {
+	if reqs := reg.Requests(); !slices.Contains(reqs, "DELETE /v2/test/art/manifests/"+a.desc.Digest.String()) {
 		t.Errorf("Delete made requests %q, want a DELETE by digest", reqs)
 	}
 	if _, _, err := r.Manifest(ctx, a.desc.Digest); !errors.Is(err, ErrNotFound) {
@@ -527,7 +519,7 @@ func TestRepositoryDelete(t *testing.T) {
 		t.Errorf("Delete of a deleted manifest: %v, want ErrNotFound", err)
 	}
 
-	reg.setTamper(func(w http.ResponseWriter, req *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, req *http.Request) bool {
 		if req.Method != http.MethodDelete {
 			return false
 		}
@@ -550,7 +542,7 @@ func TestRepositoryConcurrentUse(t *testing.T) {
 	a := newRepoArtifact(t, "concurrent", 10<<10)
 	a.push(t, openTestRepository(t, reg, "test/art", 0), "v1")
 	r := openTestRepository(t, reg, "test/art", 0)
-	takeRequests(reg)
+	reg.Requests()
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for i := range 16 {
@@ -580,7 +572,7 @@ func TestRepositoryConcurrentUse(t *testing.T) {
 		}
 	}
 	pings := 0
-	for _, q := range takeRequests(reg) {
+	for _, q := range reg.Requests() {
 		if q == "GET /v2/" {
 			pings++
 		}

@@ -10,20 +10,16 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -31,92 +27,11 @@ import (
 	"github.com/layerfs/layerfs/cache"
 	"github.com/layerfs/layerfs/cache/remote"
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/internal/registrytest"
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci"
 	"github.com/layerfs/layerfs/oci/unpack"
 )
-
-// testRegistry is ggcr's in-memory registry behind an httptest server
-// (plain HTTP on 127.0.0.1), with a log of the requests and a hook to
-// tamper with answers.
-type testRegistry struct {
-	srv  *httptest.Server
-	host string
-	// release is closed when the test ends, before the server closes:
-	// handlers that stall wait on it.
-	release chan struct{}
-
-	mu     sync.Mutex
-	reqs   []string
-	tamper func(w http.ResponseWriter, r *http.Request) bool
-}
-
-func newTestRegistry(t *testing.T) *testRegistry {
-	t.Helper()
-	tr := &testRegistry{release: make(chan struct{})}
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	tr.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tr.mu.Lock()
-		tr.reqs = append(tr.reqs, r.Method+" "+r.URL.Path)
-		tamper := tr.tamper
-		tr.mu.Unlock()
-		if tamper != nil && tamper(w, r) {
-			return
-		}
-		if r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/manifests/sha256:") {
-			untagDigest(reg, r)
-		}
-		reg.ServeHTTP(w, r)
-	}))
-	tr.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	tr.srv.Start()
-	t.Cleanup(tr.srv.Close)
-	// Registered after Close, so run before it: Close waits for handlers.
-	t.Cleanup(func() { close(tr.release) })
-	tr.host = tr.srv.Listener.Addr().String()
-	return tr
-}
-
-// untagDigest gives the DELETE of a manifest by digest the semantics of
-// distribution (the reference registry): every tag that names the
-// manifest goes with it. ggcr's in-memory registry drops only the
-// digest's own entry and leaves the tags in place.
-func untagDigest(reg http.Handler, r *http.Request) {
-	base, d, _ := strings.Cut(r.URL.Path, "/manifests/")
-	serve := func(method, path string) *httptest.ResponseRecorder {
-		rec := httptest.NewRecorder()
-		reg.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
-		return rec
-	}
-	rec := serve(http.MethodGet, base+"/tags/list")
-	var list struct{ Tags []string }
-	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &list) != nil {
-		return
-	}
-	for _, tag := range list.Tags {
-		h := serve(http.MethodHead, base+"/manifests/"+tag)
-		if h.Header().Get("Docker-Content-Digest") == d {
-			serve(http.MethodDelete, base+"/manifests/"+tag)
-		}
-	}
-}
-
-func (tr *testRegistry) setTamper(f func(w http.ResponseWriter, r *http.Request) bool) {
-	tr.mu.Lock()
-	tr.tamper = f
-	tr.mu.Unlock()
-}
-
-// requests returns the requests made since the last call.
-func (tr *testRegistry) requests() []string {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	r := tr.reqs
-	tr.reqs = nil
-	return r
-}
-
-func (tr *testRegistry) ref(repo string) string { return "docker://" + tr.host + "/" + repo }
 
 // uploads counts the blob upload and manifest put requests of reqs.
 func uploads(reqs []string) int {
@@ -387,29 +302,29 @@ func requireEmptyDir(t *testing.T, dir, what string) {
 func TestRemoteRoundTrip(t *testing.T) {
 	testutil.RequireRoot(t) // owners in the layer
 	ctx := context.Background()
-	reg := newTestRegistry(t)
+	reg := registrytest.New(t, nil)
 	c := openCache(t)
 	parent := cache.KeyOf([]byte("the parent's inputs"))
 	e := makeEntry(t, c, "app", "one", parent, appLayer(t, "one"))
 	pushedAt := time.Date(2025, 1, 2, 3, 4, 5, 678901234, time.UTC)
 
-	tier := openTier(t, reg.ref("team/cache"), 0)
+	tier := openTier(t, reg.Ref("team/cache"), 0)
 	tr := mustPush(t, tier, e, remote.PushOptions{Now: pushedAt})
 	if min := e.Info.Size + int64(len(e.inputs)); tr.Uploaded < min {
 		t.Errorf("first push: Uploaded %d, want at least blob %d + config %d", tr.Uploaded, e.Info.Size, len(e.inputs))
 	}
-	if n := uploads(reg.requests()); n == 0 {
+	if n := uploads(reg.Requests()); n == 0 {
 		t.Errorf("first push made no upload requests")
 	}
 
 	// A fresh tier: the first lookup dials (a ping), then each lookup is
 	// one HEAD, hit or miss.
-	tier2 := openTier(t, reg.ref("team/cache"), 0)
+	tier2 := openTier(t, reg.Ref("team/cache"), 0)
 	d, _, err := tier2.Lookup(ctx, e.key)
 	if err != nil || d == nil {
 		t.Fatalf("Lookup of a pushed key: %v, %v", d, err)
 	}
-	reqs := reg.requests()
+	reqs := reg.Requests()
 	if n := len(reqs); n < 1 || reqs[n-1] != "HEAD /v2/team/cache/manifests/"+e.key || slices.ContainsFunc(reqs[:n-1], func(r string) bool { return r != "GET /v2/" }) {
 		t.Errorf("first lookup made requests %q, want the /v2/ ping and one HEAD of the key's tag", reqs)
 	}
@@ -417,14 +332,14 @@ func TestRemoteRoundTrip(t *testing.T) {
 	if d, _, err := tier2.Lookup(ctx, absent); err != nil || d != nil {
 		t.Errorf("Lookup of an absent key: %v, %v; want nil, nil", d, err)
 	}
-	if reqs := reg.requests(); !slices.Equal(reqs, []string{"HEAD /v2/team/cache/manifests/" + absent}) {
+	if reqs := reg.Requests(); !slices.Equal(reqs, []string{"HEAD /v2/team/cache/manifests/" + absent}) {
 		t.Errorf("lookup of an absent key made requests %q, want one HEAD", reqs)
 	}
 	d, _, err = tier2.Lookup(ctx, e.key)
 	if err != nil || d == nil {
 		t.Fatalf("second Lookup: %v, %v", d, err)
 	}
-	if reqs := reg.requests(); !slices.Equal(reqs, []string{"HEAD /v2/team/cache/manifests/" + e.key}) {
+	if reqs := reg.Requests(); !slices.Equal(reqs, []string{"HEAD /v2/team/cache/manifests/" + e.key}) {
 		t.Errorf("lookup of a present key made requests %q, want one HEAD", reqs)
 	}
 	if d.Digest.Validate() != nil || d.Size <= 0 || d.MediaType != v1.MediaTypeImageManifest {
@@ -435,7 +350,7 @@ func TestRemoteRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Fetch: %v", err)
 	}
-	if reqs := reg.requests(); len(reqs) != 2 {
+	if reqs := reg.Requests(); len(reqs) != 2 {
 		t.Errorf("Fetch made requests %q, want the manifest and the config", reqs)
 	}
 	if a.Key != e.key || a.Name != "app" || a.Parent != parent || a.DiffID != e.Info.DiffID {
@@ -518,7 +433,7 @@ func TestRemoteRoundTrip(t *testing.T) {
 	}
 
 	// Again: the tier has it, nothing is uploaded.
-	reg.requests()
+	reg.Requests()
 	pushed, tr, err := tier.Push(ctx, e.Entry, remote.PushOptions{})
 	if err != nil || pushed {
 		t.Errorf("second push: pushed=%v, %v; want false, nil", pushed, err)
@@ -526,7 +441,7 @@ func TestRemoteRoundTrip(t *testing.T) {
 	if tr.Uploaded != 0 {
 		t.Errorf("second push uploaded %d bytes", tr.Uploaded)
 	}
-	if reqs := reg.requests(); uploads(reqs) != 0 || len(reqs) != 1 {
+	if reqs := reg.Requests(); uploads(reqs) != 0 || len(reqs) != 1 {
 		t.Errorf("second push made requests %q, want one HEAD", reqs)
 	}
 
@@ -536,7 +451,7 @@ func TestRemoteRoundTrip(t *testing.T) {
 	if err != nil || !pushed {
 		t.Fatalf("push with Replace: pushed=%v, %v; want true", pushed, err)
 	}
-	reqs = reg.requests()
+	reqs = reg.Requests()
 	if !slices.Contains(reqs, "PUT /v2/team/cache/manifests/"+e.key) {
 		t.Errorf("push with Replace made requests %q, want a PUT of the manifest", reqs)
 	}
@@ -551,17 +466,17 @@ func TestRemoteRoundTrip(t *testing.T) {
 // TestRemoteManifestAsStored reads what Push put in the registry with
 // plain HTTP.
 func TestRemoteManifestAsStored(t *testing.T) {
-	reg := newTestRegistry(t)
+	reg := registrytest.New(t, nil)
 	c := openCache(t)
 	parent := cache.KeyOf([]byte("parent"))
 	e := makeEntry(t, c, "tools", "two", parent, makeTar(t, tarEntry{name: "f", typ: tar.TypeReg, mode: 0o644, body: "x"}))
-	tier := openTier(t, reg.ref("cache"), 0)
+	tier := openTier(t, reg.Ref("cache"), 0)
 	pushedAt := time.Date(2025, 6, 7, 8, 9, 10, 0, time.UTC)
 	mustPush(t, tier, e, remote.PushOptions{Now: pushedAt})
 
 	get := func(path, accept string) ([]byte, http.Header) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, reg.srv.URL+path, nil)
+		req, _ := http.NewRequest(http.MethodGet, reg.Server.URL+path, nil)
 		if accept != "" {
 			req.Header.Set("Accept", accept)
 		}
@@ -640,14 +555,14 @@ func TestRemoteManifestAsStored(t *testing.T) {
 // `layerfs cache push` has it: read back from the cache's entry.json,
 // not the one Insert returned.
 func TestRemotePushOfLookedUpEntry(t *testing.T) {
-	reg := newTestRegistry(t)
+	reg := registrytest.New(t, nil)
 	c := openCache(t)
 	made := makeEntry(t, c, "app", "lookedup", "", makeTar(t, tarEntry{name: "f", typ: tar.TypeReg, mode: 0o644, body: "x"}))
 	e, err := c.Lookup(made.key, "app")
 	if err != nil || e == nil {
 		t.Fatalf("Lookup: %v, %v", e, err)
 	}
-	tier := openTier(t, reg.ref("cache"), 0)
+	tier := openTier(t, reg.Ref("cache"), 0)
 	pushed, _, err := tier.Push(context.Background(), e, remote.PushOptions{})
 	if err != nil || !pushed {
 		t.Fatalf("Push of an entry read back from the cache: pushed=%v, %v (its key_inputs as read: %q, want %q)", pushed, err, e.Info.KeyInputs, made.inputs)
@@ -661,13 +576,13 @@ func TestRemotePushOfLookedUpEntry(t *testing.T) {
 // on disk: the push fails before the manifest goes, so the tier does not
 // get an entry whose layer it lacks.
 func TestRemotePushDamagedLocalBlob(t *testing.T) {
-	reg := newTestRegistry(t)
+	reg := registrytest.New(t, nil)
 	c := openCache(t)
 	e := makeEntry(t, c, "app", "damaged", "", appLayer(t, "damaged"))
 	if err := os.WriteFile(e.Blob(), flip(e.blob), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tier := openTier(t, reg.ref("cache"), 0)
+	tier := openTier(t, reg.Ref("cache"), 0)
 	pushed, _, err := tier.Push(context.Background(), e.Entry, remote.PushOptions{})
 	if err == nil || pushed || !errors.Is(err, oci.ErrDigestMismatch) || !strings.Contains(err.Error(), e.Info.Digest.String()) {
 		t.Errorf("push of an entry with a damaged blob: pushed=%v, %v; want an error naming the blob", pushed, err)
@@ -678,11 +593,11 @@ func TestRemotePushDamagedLocalBlob(t *testing.T) {
 }
 
 func TestRemotePushRefusesEntriesWithoutKeyInputs(t *testing.T) {
-	reg := newTestRegistry(t)
+	reg := registrytest.New(t, nil)
 	c := openCache(t)
 	e := makeEntry(t, c, "app", "nokey", "", makeTar(t, tarEntry{name: "f", typ: tar.TypeReg, mode: 0o644, body: "x"}))
-	tier := openTier(t, reg.ref("cache"), 0)
-	reg.requests()
+	tier := openTier(t, reg.Ref("cache"), 0)
+	reg.Requests()
 
 	base := *e.Entry
 	base.Info.KeyInputs = nil
@@ -696,7 +611,7 @@ func TestRemotePushRefusesEntriesWithoutKeyInputs(t *testing.T) {
 	if err == nil || pushed || !strings.Contains(err.Error(), "do not hash to its key") {
 		t.Errorf("push of an entry whose inputs are not its key's: pushed=%v, %v; want refused", pushed, err)
 	}
-	if reqs := reg.requests(); len(reqs) != 0 {
+	if reqs := reg.Requests(); len(reqs) != 0 {
 		t.Errorf("refused pushes sent %q", reqs)
 	}
 }
@@ -796,10 +711,10 @@ func wantCorrupt(t *testing.T, what string, err error, also ...error) {
 
 func TestRemoteCorruptLayerBlob(t *testing.T) {
 	ctx := context.Background()
-	reg := newTestRegistry(t)
+	reg := registrytest.New(t, nil)
 	c := openCache(t)
 	e := makeEntry(t, c, "app", "tamper", "", appLayer(t, "tamper"))
-	tier := openTier(t, reg.ref("cache"), 0)
+	tier := openTier(t, reg.Ref("cache"), 0)
 	mustPush(t, tier, e, remote.PushOptions{})
 	a := mustGet(t, tier, e.key)
 
@@ -812,7 +727,7 @@ func TestRemoteCorruptLayerBlob(t *testing.T) {
 		{"bytes past its size", append(bytes.Clone(e.blob), "more"...)},
 		{"a truncated blob", e.blob[:len(e.blob)-10]},
 	} {
-		reg.setTamper(serveGet(e.Info.Digest.String(), tc.body))
+		reg.SetTamper(serveGet(e.Info.Digest.String(), tc.body))
 		tmp := newTemp(t, c2, "app")
 		_, err := tier.Pull(ctx, a, tmp, unpack.Options{})
 		wantCorrupt(t, "pull of a layer blob with "+tc.what, err, oci.ErrDigestMismatch)
@@ -820,7 +735,7 @@ func TestRemoteCorruptLayerBlob(t *testing.T) {
 	}
 
 	// Untampered, the same artifact pulls.
-	reg.setTamper(nil)
+	reg.SetTamper(nil)
 	tmp := newTemp(t, c2, "app")
 	if _, err := tier.Pull(ctx, a, tmp, unpack.Options{}); err != nil {
 		t.Errorf("pull once the registry serves the blob again: %v", err)
@@ -828,19 +743,19 @@ func TestRemoteCorruptLayerBlob(t *testing.T) {
 }
 
 func TestRemoteCorruptConfig(t *testing.T) {
-	reg := newTestRegistry(t)
+	reg := registrytest.New(t, nil)
 	c := openCache(t)
 	e := makeEntry(t, c, "app", "config", "", makeTar(t, tarEntry{name: "f", typ: tar.TypeReg, mode: 0o644, body: "x"}))
-	tier := openTier(t, reg.ref("cache"), 0)
+	tier := openTier(t, reg.Ref("cache"), 0)
 	mustPush(t, tier, e, remote.PushOptions{})
 
-	reg.setTamper(serveGet("/blobs/sha256:"+e.key, flip(e.inputs)))
+	reg.SetTamper(serveGet("/blobs/sha256:"+e.key, flip(e.inputs)))
 	a, _, err := tier.Get(context.Background(), e.key)
 	wantCorrupt(t, "a tampered config", err, oci.ErrDigestMismatch)
 	if a != nil {
 		t.Errorf("a tampered config gave an artifact")
 	}
-	reg.setTamper(serveGet("/blobs/sha256:"+e.key, append(bytes.Clone(e.inputs), ' ')))
+	reg.SetTamper(serveGet("/blobs/sha256:"+e.key, append(bytes.Clone(e.inputs), ' ')))
 	_, _, err = tier.Get(context.Background(), e.key)
 	wantCorrupt(t, "a config longer than its descriptor", err)
 }
@@ -848,8 +763,8 @@ func TestRemoteCorruptConfig(t *testing.T) {
 // TestRemoteCorruptManifests pushes artifacts that are not entries of
 // the key they are tagged with.
 func TestRemoteCorruptManifests(t *testing.T) {
-	reg := newTestRegistry(t)
-	ref := reg.ref("cache")
+	reg := registrytest.New(t, nil)
+	ref := reg.Ref("cache")
 	tier := openTier(t, ref, 0)
 	layer := makeTar(t, tarEntry{name: "f", typ: tar.TypeReg, mode: 0o644, body: "x"})
 	inputs := inputsOf("crafted", "manifests")
@@ -893,8 +808,8 @@ func TestRemoteCorruptManifests(t *testing.T) {
 
 func TestRemoteCorruptDiffID(t *testing.T) {
 	ctx := context.Background()
-	reg := newTestRegistry(t)
-	ref := reg.ref("cache")
+	reg := registrytest.New(t, nil)
+	ref := reg.Ref("cache")
 	tier := openTier(t, ref, 0)
 	inputs := inputsOf("crafted", "diffid")
 	key := cache.KeyOf(inputs)
@@ -910,8 +825,8 @@ func TestRemoteCorruptDiffID(t *testing.T) {
 
 func TestRemoteHostileLayer(t *testing.T) {
 	ctx := context.Background()
-	reg := newTestRegistry(t)
-	ref := reg.ref("cache")
+	reg := registrytest.New(t, nil)
+	ref := reg.Ref("cache")
 	tier := openTier(t, ref, 0)
 	outside := t.TempDir()
 	c := openCache(t)
@@ -959,8 +874,8 @@ func TestRemoteIsTierFailure(t *testing.T) {
 	}
 
 	for _, status := range []int{http.StatusUnauthorized, http.StatusForbidden} {
-		reg := newTestRegistry(t)
-		reg.setTamper(func(w http.ResponseWriter, r *http.Request) bool {
+		reg := registrytest.New(t, nil)
+		reg.SetTamper(func(w http.ResponseWriter, r *http.Request) bool {
 			if status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
 			}
@@ -970,7 +885,7 @@ func TestRemoteIsTierFailure(t *testing.T) {
 			fmt.Fprintf(w, `{"errors":[{"code":%q,"message":"no"}]}`, code)
 			return true
 		})
-		tier := openTier(t, reg.ref("cache"), 0)
+		tier := openTier(t, reg.Ref("cache"), 0)
 		d, _, err := tier.Lookup(ctx, key)
 		if err == nil || d != nil || !remote.IsTierFailure(err) {
 			t.Errorf("lookup in a registry answering %d: %v, %v; want a tier failure", status, d, err)
@@ -1002,23 +917,23 @@ func TestRemoteIsTierFailure(t *testing.T) {
 
 func TestRemoteStallTimeout(t *testing.T) {
 	ctx := context.Background()
-	reg := newTestRegistry(t)
+	reg := registrytest.New(t, nil)
 	c := openCache(t)
 	e := makeEntry(t, c, "app", "stall", "", appLayer(t, "stall"))
-	mustPush(t, openTier(t, reg.ref("cache"), 0), e, remote.PushOptions{})
+	mustPush(t, openTier(t, reg.Ref("cache"), 0), e, remote.PushOptions{})
 
 	// A HEAD that is never answered.
-	reg.setTamper(func(w http.ResponseWriter, r *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodHead || !strings.Contains(r.URL.Path, "/manifests/") {
 			return false
 		}
 		select {
-		case <-reg.release:
+		case <-reg.Released():
 		case <-r.Context().Done():
 		}
 		return true
 	})
-	tier := openTier(t, reg.ref("cache"), 500*time.Millisecond)
+	tier := openTier(t, reg.Ref("cache"), 500*time.Millisecond)
 	start := time.Now()
 	d, _, err := tier.Lookup(ctx, e.key)
 	if el := time.Since(start); el > 10*time.Second {
@@ -1032,16 +947,16 @@ func TestRemoteStallTimeout(t *testing.T) {
 	// the tier failing nor the entry.
 	cctx, cancel := context.WithCancel(ctx)
 	time.AfterFunc(200*time.Millisecond, cancel)
-	_, _, err = openTier(t, reg.ref("cache"), 0).Lookup(cctx, e.key)
+	_, _, err = openTier(t, reg.Ref("cache"), 0).Lookup(cctx, e.key)
 	if !errors.Is(err, context.Canceled) || remote.IsTierFailure(err) {
 		t.Errorf("lookup canceled by its caller: %v, want context.Canceled and no tier failure", err)
 	}
 
 	// A layer blob that stops midway: the pull fails, as the tier's
 	// failure, not the entry's.
-	reg.setTamper(nil)
+	reg.SetTamper(nil)
 	a := mustGet(t, tier, e.key)
-	reg.setTamper(func(w http.ResponseWriter, r *http.Request) bool {
+	reg.SetTamper(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, e.Info.Digest.String()) {
 			return false
 		}
@@ -1049,7 +964,7 @@ func TestRemoteStallTimeout(t *testing.T) {
 		w.Write(e.blob[:len(e.blob)/2])
 		w.(http.Flusher).Flush()
 		select {
-		case <-reg.release:
+		case <-reg.Released():
 		case <-r.Context().Done():
 		}
 		return true
@@ -1068,8 +983,8 @@ func TestRemoteStallTimeout(t *testing.T) {
 
 func TestRemoteListAndRemove(t *testing.T) {
 	ctx := context.Background()
-	reg := newTestRegistry(t)
-	ref := reg.ref("team/cache")
+	reg := registrytest.New(t, nil)
+	ref := reg.Ref("team/cache")
 	tier := openTier(t, ref, 0)
 	if l, err := tier.List(ctx); err != nil || len(l) != 0 {
 		t.Fatalf("List of a repository that does not exist yet: %v, %v; want none", l, err)
@@ -1129,11 +1044,11 @@ func TestRemoteListAndRemove(t *testing.T) {
 		t.Errorf("List: a key tag with another key's artifact has Err %v, want ErrCorrupt", l.Err)
 	}
 
-	reg.requests()
+	reg.Requests()
 	if err := tier.Remove(ctx, byTag[a.key]); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
-	if reqs := reg.requests(); !slices.Contains(reqs, "DELETE /v2/team/cache/manifests/"+byTag[a.key].Manifest.String()) {
+	if reqs := reg.Requests(); !slices.Contains(reqs, "DELETE /v2/team/cache/manifests/"+byTag[a.key].Manifest.String()) {
 		t.Errorf("Remove made requests %q, want a DELETE of the manifest by digest", reqs)
 	}
 	if d, _, err := tier.Lookup(ctx, a.key); err != nil || d != nil {
@@ -1189,8 +1104,8 @@ func TestRemoteOpenRefuses(t *testing.T) {
 // may mend it.
 func TestRemoteCorruptCompression(t *testing.T) {
 	ctx := context.Background()
-	reg := newTestRegistry(t)
-	ref := reg.ref("cache")
+	reg := registrytest.New(t, nil)
+	ref := reg.Ref("cache")
 	tier := openTier(t, ref, 0)
 	inputs := inputsOf("crafted", "gzip")
 	key := cache.KeyOf(inputs)
