@@ -1,7 +1,6 @@
 package layers
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"io"
@@ -20,6 +19,8 @@ import (
 	"github.com/layerfs/layerfs/internal/inputerr"
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci"
+
+	"github.com/layerfs/layerfs/internal/tartest"
 )
 
 // imageOfTars writes an OCI layout whose layers are the tars, one file
@@ -28,25 +29,19 @@ func imageOfTars(t *testing.T, layers ...map[string]string) *oci.Image {
 	t.Helper()
 	img := empty.Image
 	for _, files := range layers {
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
+		b := tartest.New()
 		names := make([]string, 0, len(files))
 		for n := range files {
 			names = append(names, n)
 		}
 		slices.Sort(names)
 		for _, n := range names {
-			h := &tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(files[n]))}
 			if files[n] == "" {
-				h = &tar.Header{Name: filepath.Join(filepath.Dir(n), ".wh."+filepath.Base(n)), Typeflag: tar.TypeReg, Mode: 0o644}
+				n = filepath.Join(filepath.Dir(n), ".wh."+filepath.Base(n))
 			}
-			if err := tw.WriteHeader(h); err != nil {
-				t.Fatal(err)
-			}
-			io.WriteString(tw, files[n])
+			b.File(n, files[n])
 		}
-		tw.Close()
-		data := buf.Bytes()
+		data := b.Bytes()
 		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
 		if err != nil {
 			t.Fatal(err)

@@ -19,6 +19,8 @@ import (
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci"
 	"github.com/layerfs/layerfs/overlay"
+
+	"github.com/layerfs/layerfs/internal/tartest"
 )
 
 // A rootless install under a fake root runs under it too, with the
@@ -165,25 +167,21 @@ type tarFile struct {
 }
 
 func rootfsTar(t *testing.T, files ...tarFile) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	b := tartest.New()
 	for _, f := range files {
-		h := &tar.Header{Name: f.name, Typeflag: f.typ, Mode: f.mode, Uid: f.uid, Gid: f.gid, ModTime: time.Unix(1e9, 0), Format: tar.FormatPAX}
+		h := &tar.Header{Name: f.name, Typeflag: f.typ, Mode: f.mode, Uid: f.uid, Gid: f.gid, ModTime: time.Unix(1e9, 0)}
+		content := ""
 		switch f.typ {
 		case tar.TypeReg:
-			h.Size = int64(len(f.data))
+			content = f.data
 		case tar.TypeSymlink:
 			h.Linkname = f.data
 		case tar.TypeChar:
 			h.Devmajor, h.Devminor = 1, 3
 		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(tw, f.data)
+		b.Add(h, content)
 	}
-	tw.Close()
-	return buf.Bytes()
+	return b.Bytes()
 }
 
 // imageLayers lists the entries of each of an image's layers as

@@ -29,6 +29,8 @@ import (
 	"github.com/layerfs/layerfs/oci/layer"
 	"github.com/layerfs/layerfs/oci/unpack"
 	"github.com/layerfs/layerfs/overlay"
+
+	"github.com/layerfs/layerfs/internal/tartest"
 )
 
 func gzipReader(b []byte) (io.Reader, error) { return gzip.NewReader(bytes.NewReader(b)) }
@@ -105,25 +107,11 @@ func testImage(t *testing.T, layers []layerBlob) *Image {
 // tarOf builds a tar from headers; regular files get data as content.
 func tarOf(t *testing.T, entries ...tarEntry) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	b := tartest.New()
 	for _, e := range entries {
-		h := e.hdr
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.data))
-		}
-		if h.Format == tar.FormatUnknown {
-			h.Format = tar.FormatPAX
-		}
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(e.data))
+		b.Add(&e.hdr, e.data)
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return b.Bytes()
 }
 
 type tarEntry struct {

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/internal/inputerr"
+	"github.com/layerfs/layerfs/internal/tartest"
 )
 
 // archLayerTars are three small uncompressed layers; the third repeats the
@@ -183,22 +184,15 @@ type archMember struct {
 
 func archWriteTar(t *testing.T, p string, gz bool, members ...archMember) {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	b := tartest.New()
 	for _, m := range members {
-		h := &tar.Header{Name: m.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(m.data))}
 		if m.link != "" {
-			h = &tar.Header{Name: m.name, Typeflag: tar.TypeSymlink, Linkname: m.link, Mode: 0o777}
+			b.Add(&tar.Header{Name: m.name, Typeflag: tar.TypeSymlink, Linkname: m.link, Mode: 0o777}, "")
+			continue
 		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(m.data)
+		b.Add(&tar.Header{Name: m.name, Typeflag: tar.TypeReg, Mode: 0o644}, string(m.data))
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	data := buf.Bytes()
+	data := b.Bytes()
 	if gz {
 		data = gzipBytes(t, data)
 	}

@@ -31,6 +31,8 @@ import (
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci"
 	"github.com/layerfs/layerfs/oci/unpack"
+
+	"github.com/layerfs/layerfs/internal/tartest"
 )
 
 // uploads counts the blob upload and manifest put requests of reqs.
@@ -85,27 +87,15 @@ var tarTime = time.Unix(1700000000, 0)
 
 func makeTar(t *testing.T, ents ...tarEntry) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	b := tartest.New()
 	for _, e := range ents {
-		hdr := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
-			Size: int64(len(e.body)), Linkname: e.link, ModTime: tarTime}
-		if e.typ != tar.TypeReg {
-			hdr.Size = 0
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
+		body := ""
 		if e.typ == tar.TypeReg {
-			if _, err := io.WriteString(tw, e.body); err != nil {
-				t.Fatal(err)
-			}
+			body = e.body
 		}
+		b.Add(&tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid, Linkname: e.link, ModTime: tarTime}, body)
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return b.Bytes()
 }
 
 func gzipped(t *testing.T, b []byte) []byte {

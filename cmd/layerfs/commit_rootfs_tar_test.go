@@ -2,29 +2,23 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/layerfs/layerfs/internal/tartest"
 	"github.com/layerfs/layerfs/internal/testutil"
 	"github.com/layerfs/layerfs/oci"
 )
 
 func tarBytes(t *testing.T, hdrs ...tar.Header) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	b := tartest.New()
 	for _, h := range hdrs {
-		h.Format = tar.FormatPAX
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(bytes.Repeat([]byte("x"), int(h.Size)))
+		b.Add(&h, strings.Repeat("x", int(h.Size)))
 	}
-	tw.Close()
-	return buf.Bytes()
+	return b.Bytes()
 }
 
 // --rootfs-tar FILE|- commits the tar's tree with its owners; misuse and

@@ -70,7 +70,7 @@ var floors = []struct {
 	{"cache", []string{"overlay", "internal/"}, "the cache runs no builds and reads no images"},
 	{"fs", []string{"overlay", "internal/"}, "fs knows nothing of OCI or the cache"},
 	{"oci", []string{"oci/", "overlay", "internal/"}, "oci mounts nothing and knows no cache"},
-	{"internal/hostile", []string{"overlay"}, "a fixture of hostile layers, named by the markers it forges"},
+	{"internal/hostile", []string{"overlay", "internal/"}, "a fixture of hostile layers, named by the markers it forges"},
 	{"internal/", []string{"internal/"}, "helpers of every floor"},
 	{"overlay", nil, "the layer-dir format imports nothing of ours"},
 }

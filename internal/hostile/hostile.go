@@ -28,6 +28,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/layerfs/layerfs/overlay"
+
+	"github.com/layerfs/layerfs/internal/tartest"
 )
 
 // Outcome is what a safe applier does with a case.
@@ -88,12 +90,12 @@ func Cases() []Case {
 		{
 			Name: "h01_dotdot_name", Want: Reject, Mention: "/pwned\"",
 			Doc: "a file named ../../…/outside/pwned",
-			Tar: func(o string) []byte { return newTar().file(climb(o)+"/pwned", "pwned").bytes() },
+			Tar: func(o string) []byte { return tartest.NewDated().File(climb(o)+"/pwned", "pwned").Bytes() },
 		},
 		{
 			Name: "h02_abs_name", Want: Contain,
 			Doc: "a file named by the absolute path of outside/pwned: lands under the root",
-			Tar: func(o string) []byte { return newTar().file(o+"/pwned", "pwned").bytes() },
+			Tar: func(o string) []byte { return tartest.NewDated().File(o+"/pwned", "pwned").Bytes() },
 			Check: func(root, o string) error {
 				return wantType(filepath.Join(root, o, "pwned"), overlay.TypeReg)
 			},
@@ -102,47 +104,47 @@ func Cases() []Case {
 			Name: "h03_rel_symlink_escape_write", Want: Reject, Mention: `"esc/pwned"`,
 			Doc: "esc -> ../../…/outside, then a file esc/pwned",
 			Tar: func(o string) []byte {
-				return newTar().symlink("esc", climb(o)).file("esc/pwned", "pwned").bytes()
+				return tartest.NewDated().Symlink("esc", climb(o)).File("esc/pwned", "pwned").Bytes()
 			},
 		},
 		{
 			Name: "h04_abs_symlink_write", CVE: "CVE-2014-9356", Want: Reject, Mention: `"esca/pwned"`,
 			Doc: "esca -> /abs/outside, then a file esca/pwned",
 			Tar: func(o string) []byte {
-				return newTar().symlink("esca", o).file("esca/pwned", "pwned").bytes()
+				return tartest.NewDated().Symlink("esca", o).File("esca/pwned", "pwned").Bytes()
 			},
 		},
 		{
 			Name: "h05_symlink_chain_escape_write", Want: Reject, Mention: "pwned",
 			Doc: "up -> .., up2 -> up/.., then a file up2/outside/pwned",
 			Tar: func(o string) []byte {
-				return newTar().symlink("up", "..").symlink("up2", "up/..").
-					file("up2/"+filepath.Base(o)+"/pwned", "pwned").bytes()
+				return tartest.NewDated().Symlink("up", "..").Symlink("up2", "up/..").
+					File("up2/"+filepath.Base(o)+"/pwned", "pwned").Bytes()
 			},
 		},
 		{
 			Name: "h06_hardlink_dotdot", CVE: "CVE-2014-6407", Want: Reject, Mention: `"hl"`,
 			Doc: "a hardlink hl to ../../…/outside/victim",
-			Tar: func(o string) []byte { return newTar().link("hl", climb(o)+"/"+Victim).bytes() },
+			Tar: func(o string) []byte { return tartest.NewDated().Link("hl", climb(o)+"/"+Victim).Bytes() },
 		},
 		{
 			Name: "h07_hardlink_abs", CVE: "CVE-2014-6407", Want: Reject, Mention: `"hl"`,
 			Doc: "a hardlink hl to /abs/outside/victim",
-			Tar: func(o string) []byte { return newTar().link("hl", o+"/"+Victim).bytes() },
+			Tar: func(o string) []byte { return tartest.NewDated().Link("hl", o+"/"+Victim).Bytes() },
 		},
 		{
 			Name: "h08_hardlink_via_symlinked_parent", Want: Reject, Mention: `"hl"`,
 			Doc: "hp -> /abs/outside, then a hardlink hl to hp/victim",
 			Tar: func(o string) []byte {
-				return newTar().symlink("hp", o).link("hl", "hp/"+Victim).bytes()
+				return tartest.NewDated().Symlink("hp", o).Link("hl", "hp/"+Victim).Bytes()
 			},
 		},
 		{
 			Name: "h09_hardlink_to_symlink_chmod", CVE: "CVE-2021-32760", Want: Contain,
 			Doc: "sl -> /abs/outside/victim, then a hardlink hl to sl with mode 04777",
 			Tar: func(o string) []byte {
-				return newTar().symlink("sl", o+"/"+Victim).
-					add(&tar.Header{Name: "hl", Typeflag: tar.TypeLink, Linkname: "sl", Mode: 0o4777}, "").bytes()
+				return tartest.NewDated().Symlink("sl", o+"/"+Victim).
+					Add(&tar.Header{Name: "hl", Typeflag: tar.TypeLink, Linkname: "sl", Mode: 0o4777}, "").Bytes()
 			},
 			Check: func(root, o string) error {
 				if err := wantType(filepath.Join(root, "hl"), overlay.TypeSymlink); err != nil {
@@ -155,61 +157,63 @@ func Cases() []Case {
 			Name: "h10_whiteout_through_abs_symlink", CVE: "CVE-2014-9356", Want: Reject, Mention: `"ws/.wh.victim"`,
 			Doc: "ws -> /abs/outside, then a whiteout ws/.wh.victim",
 			Tar: func(o string) []byte {
-				return newTar().symlink("ws", o).file("ws/.wh."+Victim, "").bytes()
+				return tartest.NewDated().Symlink("ws", o).File("ws/.wh."+Victim, "").Bytes()
 			},
 		},
 		{
 			Name: "h11_whiteout_through_rel_symlink", Want: Reject, Mention: `"wr/.wh.victim"`,
 			Doc: "wr -> ../../…/outside, then a whiteout wr/.wh.victim",
 			Tar: func(o string) []byte {
-				return newTar().symlink("wr", climb(o)).file("wr/.wh."+Victim, "").bytes()
+				return tartest.NewDated().Symlink("wr", climb(o)).File("wr/.wh."+Victim, "").Bytes()
 			},
 		},
 		{
 			Name: "h12_opaque_through_symlink", Want: Reject, Mention: `"os/.wh..wh..opq"`,
 			Doc: "os -> ../../…/outside, then an opaque marker os/.wh..wh..opq",
 			Tar: func(o string) []byte {
-				return newTar().symlink("os", climb(o)).file("os/.wh..wh..opq", "").bytes()
+				return tartest.NewDated().Symlink("os", climb(o)).File("os/.wh..wh..opq", "").Bytes()
 			},
 		},
 		{
 			Name: "h13_whiteout_dotdot_base", Want: Reject, Mention: `"etc/.wh.."`,
 			Doc: "etc/.wh.. would delete etc itself",
-			Tar: func(string) []byte { return newTar().dir("etc/").file("etc/passwd", "x").file("etc/.wh..", "").bytes() },
+			Tar: func(string) []byte {
+				return tartest.NewDated().Dir("etc/").File("etc/passwd", "x").File("etc/.wh..", "").Bytes()
+			},
 		},
 		{
 			Name: "h14_whiteout_bare_prefix", Want: Reject, Mention: `"etc/.wh."`,
 			Doc: "a bare etc/.wh. (image-spec#1314: deletes the parent in some appliers)",
-			Tar: func(string) []byte { return newTar().dir("etc/").file("etc/.wh.", "").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().Dir("etc/").File("etc/.wh.", "").Bytes() },
 		},
 		{
 			Name: "h15_dir_then_symlink_swap_write", CVE: "CVE-2025-47290", Want: Reject, Mention: `"cv"`,
 			Doc: "cv/ and cv/a, then cv -> /abs/outside and cv/pwned: a cached parent resolution writes outside",
 			Tar: func(o string) []byte {
-				return newTar().dir("cv/").file("cv/a", "a").symlink("cv", o).file("cv/pwned", "pwned").bytes()
+				return tartest.NewDated().Dir("cv/").File("cv/a", "a").Symlink("cv", o).File("cv/pwned", "pwned").Bytes()
 			},
 		},
 		{
 			Name: "h16_root_symlink", CVE: "CVE-2021-29136", Want: Reject, Mention: `"./"`,
 			Doc: "the root entry ./ as a symlink to /abs/outside, then etc/pwned",
 			Tar: func(o string) []byte {
-				return newTar().symlink("./", o).file("etc/pwned", "pwned").bytes()
+				return tartest.NewDated().Symlink("./", o).File("etc/pwned", "pwned").Bytes()
 			},
 		},
 		{
 			Name: "h17_root_symlink_dot", CVE: "CVE-2021-29136", Want: Reject, Mention: `layer entry "."`,
 			Doc: "the root entry . as a symlink to /abs/outside, then pwned",
 			Tar: func(o string) []byte {
-				return newTar().symlink(".", o).file("pwned", "pwned").bytes()
+				return tartest.NewDated().Symlink(".", o).File("pwned", "pwned").Bytes()
 			},
 		},
 		{
 			Name: "h18_device_nodes", Want: Contain,
 			Doc: "char dev/mem 1:1 and block dev/sda 8:0: kept as devices (or, unprivileged, recorded as their type)",
 			Tar: func(string) []byte {
-				return newTar().dir("dev/").
-					add(&tar.Header{Name: "dev/mem", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 1, Mode: 0o640}, "").
-					add(&tar.Header{Name: "dev/sda", Typeflag: tar.TypeBlock, Devmajor: 8, Devminor: 0, Mode: 0o660}, "").bytes()
+				return tartest.NewDated().Dir("dev/").
+					Add(&tar.Header{Name: "dev/mem", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 1, Mode: 0o640}, "").
+					Add(&tar.Header{Name: "dev/sda", Typeflag: tar.TypeBlock, Devmajor: 8, Devminor: 0, Mode: 0o660}, "").Bytes()
 			},
 			Check: func(root, _ string) error {
 				if err := wantDevice(filepath.Join(root, "dev/mem"), overlay.TypeChar, 1, 1); err != nil {
@@ -222,18 +226,18 @@ func Cases() []Case {
 			Name: "h19_char00_smuggled_whiteout", Want: Reject, Mention: `"etc/a.conf"`,
 			Doc: "a char device 0:0 etc/a.conf: the kernel's whiteout, smuggled as content",
 			Tar: func(string) []byte {
-				return newTar().dir("etc/").
-					add(&tar.Header{Name: "etc/a.conf", Typeflag: tar.TypeChar, Mode: 0o644}, "").bytes()
+				return tartest.NewDated().Dir("etc/").
+					Add(&tar.Header{Name: "etc/a.conf", Typeflag: tar.TypeChar, Mode: 0o644}, "").Bytes()
 			},
 		},
 		{
 			Name: "h20_xattr_trusted_overlay_opaque", Want: Contain,
 			Doc: "etc/ carrying SCHILY.xattr.trusted.overlay.opaque=y (and user.overlay.opaque): would hide the lower etc",
 			Tar: func(string) []byte {
-				return newTar().add(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755, PAXRecords: map[string]string{
+				return tartest.NewDated().Add(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755, PAXRecords: map[string]string{
 					"SCHILY.xattr.trusted.overlay.opaque": "y",
 					"SCHILY.xattr.user.overlay.opaque":    "y",
-				}}, "").file("etc/hosts", "x").bytes()
+				}}, "").File("etc/hosts", "x").Bytes()
 			},
 			Check: func(root, _ string) error {
 				e, err := overlay.Stat(filepath.Join(root, "etc"))
@@ -249,28 +253,28 @@ func Cases() []Case {
 		{
 			Name: "h21_hardlink_to_dir", Want: Reject, Mention: `"hl"`,
 			Doc: "a hardlink hl to the directory d",
-			Tar: func(string) []byte { return newTar().dir("d/").link("hl", "d").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().Dir("d/").Link("hl", "d").Bytes() },
 		},
 		{
 			Name: "h22_huge_pax_header", CVE: "CVE-2022-2879", Want: Reject, Mention: "header field too long",
 			Doc: "a 3 MiB PAX record",
 			Tar: func(string) []byte {
-				return newTar().raw(rawPAX("comment", strings.Repeat("x", 3<<20))).file("f", "f").bytes()
+				return tartest.NewDated().Raw(rawPAX("comment", strings.Repeat("x", 3<<20))).File("f", "f").Bytes()
 			},
 		},
 		{
 			Name: "h23_whiteout_dotdot_in_dir", Want: Reject, Mention: ".wh.",
 			Doc: "etc/../../../.wh.outside: a whiteout whose parent climbs out",
 			Tar: func(o string) []byte {
-				return newTar().dir("etc/").file("etc/../../../.wh."+filepath.Base(o), "").bytes()
+				return tartest.NewDated().Dir("etc/").File("etc/../../../.wh."+filepath.Base(o), "").Bytes()
 			},
 		},
 		{
 			Name: "h24_setuid_root_file", Want: Contain,
 			Doc: "usr/bin/su owned by root, mode 04755: allowed, as every applier does",
 			Tar: func(string) []byte {
-				return newTar().dir("usr/").dir("usr/bin/").
-					add(&tar.Header{Name: "usr/bin/su", Typeflag: tar.TypeReg, Mode: 0o4755}, "#!/bin/sh\n").bytes()
+				return tartest.NewDated().Dir("usr/").Dir("usr/bin/").
+					Add(&tar.Header{Name: "usr/bin/su", Typeflag: tar.TypeReg, Mode: 0o4755}, "#!/bin/sh\n").Bytes()
 			},
 			Check: func(root, _ string) error {
 				return wantOwnerMode(filepath.Join(root, "usr/bin/su"), 0, 0o4755)
@@ -280,86 +284,88 @@ func Cases() []Case {
 			Name: "h25_symlink_loop", Want: Reject, Mention: `"loop1/x"`,
 			Doc: "loop1 -> loop2, loop2 -> loop1, then a file loop1/x",
 			Tar: func(string) []byte {
-				return newTar().symlink("loop1", "loop2").symlink("loop2", "loop1").file("loop1/x", "x").bytes()
+				return tartest.NewDated().Symlink("loop1", "loop2").Symlink("loop2", "loop1").File("loop1/x", "x").Bytes()
 			},
 		},
 		{
 			Name: "h26_dev_out_of_range", Want: Reject, Mention: "out of range",
 			Doc: "a char device with major 2^40 (GNU base-256): a cast would truncate it to another device",
 			Tar: func(string) []byte {
-				return newTar().add(&tar.Header{Name: "dev/x", Typeflag: tar.TypeChar, Devmajor: 1 << 40, Devminor: 1, Mode: 0o600, Format: tar.FormatGNU}, "").bytes()
+				return tartest.NewDated().Add(&tar.Header{Name: "dev/x", Typeflag: tar.TypeChar, Devmajor: 1 << 40, Devminor: 1, Mode: 0o600, Format: tar.FormatGNU}, "").Bytes()
 			},
 		},
 		{
 			Name: "h27_whiteout_dotdotdot_root", Want: Reject, Mention: `".wh..."`,
 			Doc: "a top-level .wh...: deletes the parent of the root in umoci and library go-archive 0.1 (oci.md §4.4)",
-			Tar: func(string) []byte { return newTar().file("etc", "x").file(".wh...", "").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File("etc", "x").File(".wh...", "").Bytes() },
 		},
 		{
 			Name: "h28_whiteout_dotdotdot_in_dir", Want: Reject, Mention: `"etc/.wh..."`,
 			Doc: "etc/.wh...: would delete the layer root",
-			Tar: func(string) []byte { return newTar().dir("etc/").file("etc/.wh...", "").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().Dir("etc/").File("etc/.wh...", "").Bytes() },
 		},
 		{
 			Name: "h29_whiteout_bare_at_root", Want: Reject, Mention: `".wh."`,
 			Doc: "a top-level bare .wh.: would delete the layer root",
-			Tar: func(string) []byte { return newTar().file("a", "a").file(".wh.", "").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File("a", "a").File(".wh.", "").Bytes() },
 		},
 		{
 			Name: "wh_dotdot_at_root", Want: Reject, Mention: `".wh.."`,
 			Doc: "a top-level .wh..: would delete the layer root",
-			Tar: func(string) []byte { return newTar().file(".wh..", "").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File(".wh..", "").Bytes() },
 		},
 		{
 			Name: "wh_reserved_target", Want: Reject, Mention: `".wh..wh.plnk"`,
 			Doc: "a whiteout of .wh.plnk: a name only a marker may have",
-			Tar: func(string) []byte { return newTar().file(".wh..wh.plnk", "").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File(".wh..wh.plnk", "").Bytes() },
 		},
 		{
 			Name: "x1_duplicate_file", Want: Reject, Mention: `"a"`,
 			Doc: "the same file twice",
-			Tar: func(string) []byte { return newTar().file("a", "1").file("a", "2").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File("a", "1").File("a", "2").Bytes() },
 		},
 		{
 			Name: "x1_duplicate_dir", Want: Reject, Mention: `"./d/"`,
 			Doc: "the same directory twice, under two spellings",
-			Tar: func(string) []byte { return newTar().dir("d/").dir("./d/").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().Dir("d/").Dir("./d/").Bytes() },
 		},
 		{
 			Name: "x1_file_then_dir", Want: Reject, Mention: `"a/"`,
 			Doc: "a file a, then a directory a/",
-			Tar: func(string) []byte { return newTar().file("a", "1").dir("a/").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File("a", "1").Dir("a/").Bytes() },
 		},
 		{
 			Name: "w1_whiteout_then_entry", Want: Reject, Mention: `"foo"`,
 			Doc: ".wh.foo, then a file foo: a layer never holds both",
-			Tar: func(string) []byte { return newTar().file(".wh.foo", "").file("foo", "x").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File(".wh.foo", "").File("foo", "x").Bytes() },
 		},
 		{
 			Name: "w2_entry_then_whiteout", Want: Reject, Mention: `".wh.foo"`,
 			Doc: "a file foo, then .wh.foo",
-			Tar: func(string) []byte { return newTar().file("foo", "x").file(".wh.foo", "").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File("foo", "x").File(".wh.foo", "").Bytes() },
 		},
 		{
 			Name: "w3_whiteout_of_written_dir", Want: Reject, Mention: `".wh.etc"`,
 			Doc: "etc/ and etc/x, then .wh.etc",
-			Tar: func(string) []byte { return newTar().dir("etc/").file("etc/x", "x").file(".wh.etc", "").bytes() },
+			Tar: func(string) []byte {
+				return tartest.NewDated().Dir("etc/").File("etc/x", "x").File(".wh.etc", "").Bytes()
+			},
 		},
 		{
 			Name: "w4_entry_under_whiteout", Want: Reject, Mention: `"etc/x"`,
 			Doc: ".wh.etc, then etc/x: nothing may live beneath a path the layer deletes",
-			Tar: func(string) []byte { return newTar().file(".wh.etc", "").file("etc/x", "x").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File(".wh.etc", "").File("etc/x", "x").Bytes() },
 		},
 		{
 			Name: "w5_whiteout_dir_children", Want: Reject, Mention: `".wh.x/y"`,
 			Doc: "an entry beneath a whiteout name",
-			Tar: func(string) []byte { return newTar().file(".wh.x/y", "y").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File(".wh.x/y", "y").Bytes() },
 		},
 		{
 			Name: "m5_entries_under_same_layer_symlink", Want: Contain,
 			Doc: "usr/lib/, lib -> usr/lib, then lib/libc.so: written through the link, inside the root",
 			Tar: func(string) []byte {
-				return newTar().dir("usr/").dir("usr/lib/").symlink("lib", "usr/lib").file("lib/libc.so", "elf").bytes()
+				return tartest.NewDated().Dir("usr/").Dir("usr/lib/").Symlink("lib", "usr/lib").File("lib/libc.so", "elf").Bytes()
 			},
 			Check: func(root, _ string) error {
 				if err := wantType(filepath.Join(root, "lib"), overlay.TypeSymlink); err != nil {
@@ -372,7 +378,7 @@ func Cases() []Case {
 			Name: "m5_whiteout_under_same_layer_symlink", Want: Contain,
 			Doc: "usr/lib/, lib -> usr/lib, then lib/.wh.libz.so: the marker lands in usr/lib",
 			Tar: func(string) []byte {
-				return newTar().dir("usr/").dir("usr/lib/").symlink("lib", "usr/lib").file("lib/.wh.libz.so", "").bytes()
+				return tartest.NewDated().Dir("usr/").Dir("usr/lib/").Symlink("lib", "usr/lib").File("lib/.wh.libz.so", "").Bytes()
 			},
 			Check: func(root, _ string) error {
 				ents, _, err := overlay.ReadDir(filepath.Join(root, "usr/lib"))
@@ -388,44 +394,44 @@ func Cases() []Case {
 		{
 			Name: "m5_abs_symlink_parent_dir", Want: Reject, Mention: `"d/sub/"`,
 			Doc: "d -> /abs/outside, then a directory d/sub/",
-			Tar: func(o string) []byte { return newTar().symlink("d", o).dir("d/sub/").bytes() },
+			Tar: func(o string) []byte { return tartest.NewDated().Symlink("d", o).Dir("d/sub/").Bytes() },
 		},
 		{
 			Name: "h2_hardlink_before_target", Want: Reject, Mention: `"a"`,
 			Doc: "a hardlink a to b, then the file b",
-			Tar: func(string) []byte { return newTar().link("a", "b").file("b", "b").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().Link("a", "b").File("b", "b").Bytes() },
 		},
 		{
 			Name: "hardlink_to_whiteout", Want: Reject, Mention: `"hl"`,
 			Doc: ".wh.x, then a hardlink hl to x",
-			Tar: func(string) []byte { return newTar().file(".wh.x", "").link("hl", "x").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File(".wh.x", "").Link("hl", "x").Bytes() },
 		},
 		{
 			Name: "bomb_past_max_size", CVE: "CVE-2017-14992", Want: Reject, MaxSize: 1 << 20, Mention: "limit of 1048576",
 			Doc: "a 4 MiB file applied with a 1 MiB limit (gzipped, see GzipBomb, it is a few KiB)",
 			Tar: func(string) []byte {
-				return newTar().add(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Mode: 0o644}, string(make([]byte, 4<<20))).bytes()
+				return tartest.NewDated().Add(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Mode: 0o644}, string(make([]byte, 4<<20))).Bytes()
 			},
 		},
 		{
 			Name: "sparse_bomb", Want: Reject, MaxSize: 1 << 20, Mention: "limit of 1048576",
 			Doc: "a GNU sparse 1.0 file of one block claiming 1 TiB of holes",
-			Tar: func(string) []byte { return newTar().raw(sparse1x0("bomb", 1<<40, []byte("0\n"))).bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().Raw(sparse1x0("bomb", 1<<40, []byte("0\n"))).Bytes() },
 		},
 		{
 			Name: "sparse_map_huge", CVE: "CVE-2025-58183", Want: Reject, Mention: "malformed tar",
 			Doc: "a GNU sparse 1.0 map of 10^8 entries, past archive/tar's 1 MiB cap",
 			Tar: func(string) []byte {
 				m := append([]byte("100000000\n"), bytes.Repeat([]byte("0\n"), 600<<10)...)
-				return newTar().raw(sparse1x0("sparse", 1<<20, m)).bytes()
+				return tartest.NewDated().Raw(sparse1x0("sparse", 1<<20, m)).Bytes()
 			},
 		},
 		{
 			Name: "pax_path_dotdot", Want: Reject, Mention: "/pwned\"",
 			Doc: "a benign ustar name overridden by a PAX path ../../…/outside/pwned",
 			Tar: func(o string) []byte {
-				return newTar().raw(rawPAX("path", climb(o)+"/pwned")).
-					raw(append(rawHeader("benign", '0', 5), padded([]byte("pwned"))...)).bytes()
+				return tartest.NewDated().Raw(rawPAX("path", climb(o)+"/pwned")).
+					Raw(append(rawHeader("benign", '0', 5), padded([]byte("pwned"))...)).Bytes()
 			},
 		},
 		{
@@ -435,33 +441,33 @@ func Cases() []Case {
 				hdr := rawHeader("hl", '1', 0)
 				copy(hdr[157:257], "benign")
 				checksum(hdr)
-				return newTar().file("benign", "b").raw(rawPAX("linkpath", climb(o)+"/"+Victim)).raw(hdr).bytes()
+				return tartest.NewDated().File("benign", "b").Raw(rawPAX("linkpath", climb(o)+"/"+Victim)).Raw(hdr).Bytes()
 			},
 		},
 		{
 			Name: "pax_path_nul", Want: Reject, Mention: "malformed tar",
 			Doc: "a PAX path with a NUL, which C appliers would cut short",
 			Tar: func(string) []byte {
-				return newTar().raw(rawPAX("path", "etc/passwd\x00.txt")).
-					raw(append(rawHeader("benign", '0', 1), padded([]byte("x"))...)).bytes()
+				return tartest.NewDated().Raw(rawPAX("path", "etc/passwd\x00.txt")).
+					Raw(append(rawHeader("benign", '0', 1), padded([]byte("x"))...)).Bytes()
 			},
 		},
 		{
 			Name: "name_longer_than_path_max", Want: Reject, Mention: "PATH_MAX",
 			Doc: "a 5000-byte name, of components that each fit NAME_MAX",
 			Tar: func(string) []byte {
-				return newTar().file(strings.Repeat(strings.Repeat("n", 99)+"/", 50)+"f", "x").bytes()
+				return tartest.NewDated().File(strings.Repeat(strings.Repeat("n", 99)+"/", 50)+"f", "x").Bytes()
 			},
 		},
 		{
 			Name: "component_longer_than_name_max", Want: Reject, Mention: "NAME_MAX",
 			Doc: "a 300-byte path component",
-			Tar: func(string) []byte { return newTar().file("a/"+strings.Repeat("x", 300), "x").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File("a/"+strings.Repeat("x", 300), "x").Bytes() },
 		},
 		{
 			Name: "deep_nesting", Want: Contain,
 			Doc: "a file 1500 directories deep (no recursion, no per-level cost past linear)",
-			Tar: func(string) []byte { return newTar().file(deepPath(), "deep").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File(deepPath(), "deep").Bytes() },
 			Check: func(root, _ string) error {
 				r, err := os.OpenRoot(root)
 				if err != nil {
@@ -479,17 +485,17 @@ func Cases() []Case {
 			Name: "uid_2_31", CVE: "CVE-2024-40635", Want: Reject, Mention: "out of range",
 			Doc: "a file owned by uid 2^31, which int32 readers turn negative",
 			Tar: func(string) []byte {
-				return newTar().add(&tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Uid: 1 << 31, Gid: 0}, "x").bytes()
+				return tartest.NewDated().Add(&tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Uid: 1 << 31, Gid: 0}, "x").Bytes()
 			},
 		},
 		{
 			Name: "forged_override_stat", Want: Contain,
 			Doc: "a uid 1000 file 0755 carrying user.containers.override_stat (and the fuse-overlayfs name) saying 0:0:4755",
 			Tar: func(string) []byte {
-				return newTar().add(&tar.Header{Name: "tool", Typeflag: tar.TypeReg, Mode: 0o755, Uid: 1000, Gid: 1000, PAXRecords: map[string]string{
+				return tartest.NewDated().Add(&tar.Header{Name: "tool", Typeflag: tar.TypeReg, Mode: 0o755, Uid: 1000, Gid: 1000, PAXRecords: map[string]string{
 					"SCHILY.xattr.user.containers.override_stat":    "0:0:4755:file",
 					"SCHILY.xattr.user.fuseoverlayfs.override_stat": "0:0:4755",
-				}}, "#!/bin/sh\n").bytes()
+				}}, "#!/bin/sh\n").Bytes()
 			},
 			Check: func(root, _ string) error {
 				return wantOwnerMode(filepath.Join(root, "tool"), 1000, 0o755)
@@ -499,10 +505,10 @@ func Cases() []Case {
 			Name: "forged_xwhiteout", Want: Contain,
 			Doc: "a file carrying trusted.overlay.whiteout (composefs xwhiteout): would delete a lower file",
 			Tar: func(string) []byte {
-				return newTar().add(&tar.Header{Name: "passwd", Typeflag: tar.TypeReg, Mode: 0o644, PAXRecords: map[string]string{
+				return tartest.NewDated().Add(&tar.Header{Name: "passwd", Typeflag: tar.TypeReg, Mode: 0o644, PAXRecords: map[string]string{
 					"SCHILY.xattr.trusted.overlay.whiteout": "",
 					"SCHILY.xattr.user.overlay.whiteout":    "",
-				}}, "").bytes()
+				}}, "").Bytes()
 			},
 			Check: func(root, _ string) error {
 				e, err := overlay.Stat(filepath.Join(root, "passwd"))
@@ -529,32 +535,32 @@ func Cases() []Case {
 			Name: "short_data", Want: Reject, Mention: `"f"`,
 			Doc: "a header promising 100 bytes, then 10 and the end of the stream",
 			Tar: func(string) []byte {
-				return append(newTar().unterminated(), append(rawHeader("f", '0', 100), []byte("0123456789")...)...)
+				return append(tartest.NewDated().Unterminated(), append(rawHeader("f", '0', 100), []byte("0123456789")...)...)
 			},
 		},
 		{
 			Name: "size_too_small", Want: Reject, Mention: "malformed tar",
 			Doc: "a header promising 5 bytes, followed by 600, whose tail is read as the next header",
 			Tar: func(string) []byte {
-				return newTar().raw(rawHeader("f", '0', 5)).raw(padded(bytes.Repeat([]byte("A"), 600))).bytes()
+				return tartest.NewDated().Raw(rawHeader("f", '0', 5)).Raw(padded(bytes.Repeat([]byte("A"), 600))).Bytes()
 			},
 		},
 		{
 			Name: "truncated_header", Want: Reject, Mention: "truncated tar",
 			Doc: "the stream ends in the middle of a header block",
 			Tar: func(string) []byte {
-				return append(newTar().file("a", "a").unterminated(), rawHeader("b", '0', 0)[:200]...)
+				return append(tartest.NewDated().File("a", "a").Unterminated(), rawHeader("b", '0', 0)[:200]...)
 			},
 		},
 		{
 			Name: "unknown_type", Want: Reject, Mention: "unsupported entry",
 			Doc: "an entry of type 'Z'",
-			Tar: func(string) []byte { return newTar().raw(rawHeader("z", 'Z', 0)).bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().Raw(rawHeader("z", 'Z', 0)).Bytes() },
 		},
 		{
 			Name: "backslash_name", Want: Contain,
 			Doc: `a file named a\b: a plain name on Linux`,
-			Tar: func(string) []byte { return newTar().file(`a\b`, "x").bytes() },
+			Tar: func(string) []byte { return tartest.NewDated().File(`a\b`, "x").Bytes() },
 			Check: func(root, _ string) error {
 				return wantType(filepath.Join(root, `a\b`), overlay.TypeReg)
 			},
@@ -575,9 +581,9 @@ func sparse1x0(name string, realSize int64, sparseMap []byte) []byte {
 }
 
 func capFile(capValue []byte) []byte {
-	return newTar().add(&tar.Header{Name: "ping", Typeflag: tar.TypeReg, Mode: 0o755, PAXRecords: map[string]string{
+	return tartest.NewDated().Add(&tar.Header{Name: "ping", Typeflag: tar.TypeReg, Mode: 0o755, PAXRecords: map[string]string{
 		"SCHILY.xattr.security.capability": string(capValue),
-	}}, "#!/bin/sh\n").bytes()
+	}}, "#!/bin/sh\n").Bytes()
 }
 
 const capNetBindService = 10
@@ -610,7 +616,7 @@ func GzipBomb(size int64) []byte {
 		panic(err)
 	}
 	tw := tar.NewWriter(zw)
-	if err := tw.WriteHeader(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Mode: 0o644, Size: size, ModTime: epoch()}); err != nil {
+	if err := tw.WriteHeader(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Mode: 0o644, Size: size, ModTime: tartest.Epoch}); err != nil {
 		panic(err)
 	}
 	zeros := make([]byte, 1<<20)

@@ -1,91 +1,11 @@
 package hostile
 
 import (
-	"archive/tar"
 	"bytes"
 	"fmt"
+	"github.com/layerfs/layerfs/internal/tartest"
 	"strconv"
-	"time"
 )
-
-// epoch dates every entry, so that a case's tar is the same bytes each time.
-func epoch() time.Time { return time.Unix(1700000000, 0) }
-
-// builder writes a tar with archive/tar, and raw blocks where archive/tar
-// refuses to write a shape (huge or forbidden PAX records, lying sizes).
-// Errors are programming errors in the corpus: they panic.
-type builder struct {
-	buf bytes.Buffer
-	tw  *tar.Writer
-}
-
-func newTar() *builder {
-	b := &builder{}
-	b.tw = tar.NewWriter(&b.buf)
-	return b
-}
-
-func (b *builder) add(h *tar.Header, data string) *builder {
-	if h.ModTime.IsZero() {
-		h.ModTime = epoch()
-	}
-	if h.Format == tar.FormatUnknown {
-		h.Format = tar.FormatPAX
-	}
-	if h.Typeflag == tar.TypeReg {
-		h.Size = int64(len(data))
-	}
-	if err := b.tw.WriteHeader(h); err != nil {
-		panic(fmt.Sprintf("hostile corpus: %s: %v", h.Name, err))
-	}
-	if data != "" {
-		if _, err := b.tw.Write([]byte(data)); err != nil {
-			panic(err)
-		}
-	}
-	return b
-}
-
-func (b *builder) file(name, data string) *builder {
-	return b.add(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644}, data)
-}
-
-func (b *builder) dir(name string) *builder {
-	return b.add(&tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}, "")
-}
-
-func (b *builder) symlink(name, target string) *builder {
-	return b.add(&tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777}, "")
-}
-
-func (b *builder) link(name, target string) *builder {
-	return b.add(&tar.Header{Name: name, Typeflag: tar.TypeLink, Linkname: target, Mode: 0o644}, "")
-}
-
-// raw appends bytes between entries.
-func (b *builder) raw(p []byte) *builder {
-	if err := b.tw.Flush(); err != nil {
-		panic(err)
-	}
-	b.buf.Write(p)
-	return b
-}
-
-// bytes ends the archive with its two zero blocks.
-func (b *builder) bytes() []byte {
-	if err := b.tw.Close(); err != nil {
-		panic(err)
-	}
-	return b.buf.Bytes()
-}
-
-// unterminated returns the archive so far, without end-of-archive blocks.
-func (b *builder) unterminated() []byte {
-	if err := b.tw.Flush(); err != nil {
-		panic(err)
-	}
-	return bytes.Clone(b.buf.Bytes())
-}
 
 // rawHeader is a ustar header block with octal fields, for shapes
 // archive/tar will not write.
@@ -96,7 +16,7 @@ func rawHeader(name string, typ byte, size int64) []byte {
 	octal(blk[108:116], 0)
 	octal(blk[116:124], 0)
 	octal(blk[124:136], size)
-	octal(blk[136:148], epoch().Unix())
+	octal(blk[136:148], tartest.Epoch.Unix())
 	blk[156] = typ
 	copy(blk[257:263], "ustar\x00")
 	copy(blk[263:265], "00")

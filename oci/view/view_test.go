@@ -10,6 +10,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/layerfs/layerfs/overlay"
+
+	"github.com/layerfs/layerfs/internal/tartest"
 )
 
 // tars is an Image of plain layer tars, read from memory.
@@ -22,19 +24,12 @@ func (l tars) OpenLayer(i int) (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(l[i])), nil
 }
 
-func tarOf(t *testing.T, hdrs ...tar.Header) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	w := tar.NewWriter(&buf)
+func tarOf(hdrs ...tar.Header) []byte {
+	b := tartest.New()
 	for _, h := range hdrs {
-		if err := w.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
+		b.Add(&h, "")
 	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return b.Bytes()
 }
 
 // The two merges differ where a later layer names a path through an
@@ -43,9 +38,9 @@ func tarOf(t *testing.T, hdrs ...tar.Header) []byte {
 // union of the layer dirs that a mount of the image stacks.
 func TestViewAndListingMergeThroughSymlinks(t *testing.T) {
 	img := tars{
-		tarOf(t, tar.Header{Name: "usr/lib/", Typeflag: tar.TypeDir, Mode: 0o755},
+		tarOf(tar.Header{Name: "usr/lib/", Typeflag: tar.TypeDir, Mode: 0o755},
 			tar.Header{Name: "lib", Typeflag: tar.TypeSymlink, Linkname: "usr/lib"}),
-		tarOf(t, tar.Header{Name: "lib/x", Typeflag: tar.TypeReg, Mode: 0o644}),
+		tarOf(tar.Header{Name: "lib/x", Typeflag: tar.TypeReg, Mode: 0o644}),
 	}
 	ctx := context.Background()
 	v, err := Open(ctx, img, Options{})
