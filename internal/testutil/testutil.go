@@ -1,6 +1,7 @@
 // Package testutil holds helpers shared by the unit tests of layerfs's
-// packages: building layer dirs with real markers (which needs root) and
-// requiring the machine's tools.
+// packages: building layer dirs with real markers (which needs root), and
+// the one skip rule (Unavailable, RequireRoot, RequireTool: a test whose
+// machine lacks something skips, and fails instead when CI is set).
 package testutil
 
 import (
