@@ -180,38 +180,31 @@ func (d *noOpendirFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *
 	return d.read(cancel, in, out, d.RawFileSystem.ReadDirPlus)
 }
 
-// read serves a READDIR or READDIRPLUS: through the kernel's handle where
-// it has one (a kernel that does not offer FUSE_NO_OPENDIR_SUPPORT), else
-// through one of its own.
+// read serves a READDIR or READDIRPLUS (see viaHandle).
 func (d *noOpendirFS) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, read func(<-chan struct{}, *fuse.ReadIn, *fuse.DirEntryList) fuse.Status) fuse.Status {
-	if in.Fh != 0 {
-		return read(cancel, in, out)
-	}
-	return d.withHandle(cancel, &in.InHeader, func(fh uint64) fuse.Status {
-		in2 := *in
-		in2.Fh = fh
-		return read(cancel, &in2, out)
-	})
+	return d.viaHandle(cancel, &in.InHeader, &in.Fh, func() fuse.Status { return read(cancel, in, out) })
 }
 
 func (d *noOpendirFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	if in.Fh != 0 {
-		return d.RawFileSystem.FsyncDir(cancel, in)
-	}
-	return d.withHandle(cancel, &in.InHeader, func(fh uint64) fuse.Status {
-		in2 := *in
-		in2.Fh = fh
-		return d.RawFileSystem.FsyncDir(cancel, &in2)
-	})
+	return d.viaHandle(cancel, &in.InHeader, &in.Fh, func() fuse.Status { return d.RawFileSystem.FsyncDir(cancel, in) })
 }
 
-// withHandle runs op with a handle of the directory of h, open for op
-// alone.
-func (d *noOpendirFS) withHandle(cancel <-chan struct{}, h *fuse.InHeader, op func(fh uint64) fuse.Status) fuse.Status {
+// viaHandle runs op, a request on the directory of h, through the
+// kernel's handle *fh where it has one (a kernel that does not offer
+// FUSE_NO_OPENDIR_SUPPORT), else through one of its own, open for op
+// alone: *fh names it meanwhile.
+func (d *noOpendirFS) viaHandle(cancel <-chan struct{}, h *fuse.InHeader, fh *uint64, op func() fuse.Status) fuse.Status {
+	if *fh != 0 {
+		return op()
+	}
 	var out fuse.OpenOut
 	if st := d.RawFileSystem.OpenDir(cancel, &fuse.OpenIn{InHeader: *h, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY}, &out); !st.Ok() {
 		return st
 	}
-	defer d.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: *h, Fh: out.Fh})
-	return op(out.Fh)
+	*fh = out.Fh
+	defer func() {
+		d.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: *h, Fh: out.Fh})
+		*fh = 0
+	}()
+	return op()
 }

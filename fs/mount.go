@@ -367,11 +367,12 @@ func serveOutside(ready chan<- error, locked chan<- struct{}) {
 		close(locked)
 	}
 	if unix.Gettid() == unix.Getpid() {
-		// Not the main thread: /proc/self/fd is its table, and the paths
+		// This is the main thread, which must not be the outsider:
+		// /proc/self/fd is the main thread's table, and the paths
 		// /proc/self/fd/N that this process hands out (readOnlyLowers, a
-		// build's layers still being stored) would all stop resolving.
-		// A goroutine started while this one holds the main thread gets
-		// another.
+		// build's layers still being stored) would all stop resolving. A
+		// goroutine started while this one holds the main thread gets
+		// another thread.
 		l := make(chan struct{})
 		go serveOutside(ready, l)
 		<-l

@@ -132,9 +132,6 @@ func List() ([]MountInfo, error) {
 	return list("")
 }
 
-// list does List, for one mountpoint only when only is set: telling a
-// mount alive takes a statfs of it, which makes a concurrent umount of
-// that mount fail with EBUSY, so others are left alone.
 // InUse returns a test of whether a live layerfs mount uses a dir, as
 // its upper or one of its lowers, or holds one of those below it: such a
 // dir (a cache entry, say) must outlive a prune or a removal.
@@ -158,6 +155,9 @@ func InUse() (func(dir string) bool, error) {
 	}, nil
 }
 
+// list does List, for one mountpoint only when only is set: telling a
+// mount alive takes a statfs of it, which makes a concurrent umount of
+// that mount fail with EBUSY, so others are left alone.
 func list(only string) ([]MountInfo, error) {
 	// Records first, then the kernel's list: a daemon mounts, then
 	// records, so a record read here has its mount in the list read after.

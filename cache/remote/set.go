@@ -1,7 +1,6 @@
 package remote
 
 import (
-	"fmt"
 	"slices"
 	"sync"
 )
@@ -28,7 +27,7 @@ func (s *Set) get(ref string) (*Tier, error) {
 	}
 	t, err := Open(ref, s.opts)
 	if err != nil {
-		return nil, fmt.Errorf("--cache-from/--cache-to: %w", err)
+		return nil, err
 	}
 	s.byRef[ref] = t
 	return t, nil

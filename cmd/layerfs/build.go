@@ -136,7 +136,7 @@ func (c *buildCmd) Run(e *env) error {
 		output = nil
 	}
 	tiers := remote.NewSet(remote.Options{Insecure: c.Insecure, Timeout: c.CacheTimeout})
-	from, to, err := tiers.Open(spec.Cache.From, spec.Cache.To)
+	from, to, err := openTiers(tiers, spec.Cache)
 	if err != nil {
 		return err
 	}
@@ -180,7 +180,7 @@ func (c *buildCmd) runSet(e *env, specs []*layers.Spec, opts layers.Options, tie
 	}
 	results, err := layers.BuildSet(e.ctx, specs, layers.SetOptions{Options: opts, Jobs: jobs,
 		Tiers: func(s *layers.Spec) ([]*remote.Tier, *remote.Tier, error) {
-			return tiers.Open(s.Cache.From, s.Cache.To)
+			return openTiers(tiers, s.Cache)
 		}})
 	if c.JSON && results != nil {
 		if jerr := json.NewEncoder(e.stdout).Encode(results); jerr != nil && err == nil {
@@ -257,6 +257,15 @@ func (c *buildCmd) apply(s *layers.Spec) (*layers.Spec, error) {
 	}
 	set(&s.Cache.To, c.CacheTo)
 	return s, nil
+}
+
+// openTiers opens the tiers a spec's cache: names, each once in the set.
+func openTiers(ts *remote.Set, ct layers.CacheTiers) ([]*remote.Tier, *remote.Tier, error) {
+	from, to, err := ts.Open(ct.From, ct.To)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--cache-from/--cache-to: %w", err)
+	}
+	return from, to, nil
 }
 
 // openInput opens FILE, or stdin for "-".
