@@ -28,13 +28,24 @@ func (f *viewImageFlags) open(e *env, s string) (*oci.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := oci.OpenOptions{Strict: f.Strict, Insecure: f.Insecure, Warn: e.warn}
-	if f.Platform != "" {
-		if opts.Platform, err = oci.ParsePlatform(f.Platform); err != nil {
-			return nil, err
-		}
+	opts, err := f.openOptions(e.warn)
+	if err != nil {
+		return nil, err
 	}
 	return oci.Open(e.ctx, ref, opts)
+}
+
+// openOptions are the flags' options for opening an image.
+func (f *viewImageFlags) openOptions(warn func(string)) (oci.OpenOptions, error) {
+	opts := oci.OpenOptions{Strict: f.Strict, Insecure: f.Insecure, Warn: warn}
+	if f.Platform != "" {
+		p, err := oci.ParsePlatform(f.Platform)
+		if err != nil {
+			return opts, err
+		}
+		opts.Platform = p
+	}
+	return opts, nil
 }
 
 type lsCmd struct {

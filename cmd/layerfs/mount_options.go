@@ -124,11 +124,10 @@ func (c *mountCmd) applyImage(ctx context.Context, rep *fs.Reporter) (*layers.Ap
 	if err != nil {
 		return nil, err
 	}
-	opts := oci.OpenOptions{Strict: c.Strict, Insecure: c.Insecure, Warn: rep.Warn}
-	if c.Platform != "" {
-		if opts.Platform, err = oci.ParsePlatform(c.Platform); err != nil {
-			return nil, err
-		}
+	flags := viewImageFlags{Platform: c.Platform, Strict: c.Strict, Insecure: c.Insecure}
+	opts, err := flags.openOptions(rep.Warn)
+	if err != nil {
+		return nil, err
 	}
 	maxSize, err := cache.ParseSize(c.MaxLayerSize)
 	if err != nil {
